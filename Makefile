@@ -1,0 +1,39 @@
+# One task runner, used verbatim by README.md and .ci/run.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-fast lint typecheck check demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,cli]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not redis and not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check taskq tests benchmarks contrib
+	$(BIN)/ruff format --check taskq tests benchmarks contrib
+
+typecheck: $(STAMP)
+	$(BIN)/mypy taskq
+
+check: lint typecheck test
+
+demo: $(STAMP)
+	$(BIN)/python -m examples.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -1,0 +1,103 @@
+"""taskq: a distributed task queue for Python.
+
+Everything public is re-exported here; every other module is private. Names
+are loaded lazily so that ``import taskq`` stays cheap (the CLI starts fast).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # task model
+    "Task": "taskq.task",
+    "TaskInfo": "taskq.task",
+    "TaskState": "taskq.task",
+    # time
+    "Clock": "taskq._time",
+    "SystemClock": "taskq._time",
+    # brokers
+    "Broker": "taskq.brokers.base",
+    "connect": "taskq.brokers.registry",
+    "InMemoryBroker": "taskq.brokers.memory",
+    # client
+    "AsyncClient": "taskq.client",
+    "Client": "taskq.client",
+    # worker
+    "Context": "taskq.mux",
+    "Handler": "taskq.mux",
+    "ServeMux": "taskq.mux",
+    "Config": "taskq.runtime.server",
+    "Server": "taskq.runtime.server",
+    "run": "taskq.runtime.server",
+    # inspection and scheduling
+    "AsyncInspector": "taskq.inspector",
+    "Inspector": "taskq.inspector",
+    "PeriodicTaskConfig": "taskq.scheduler",
+    "PeriodicTaskManager": "taskq.scheduler",
+    "Scheduler": "taskq.scheduler",
+    # errors
+    "BrokerConnectionError": "taskq.errors",
+    "BrokerError": "taskq.errors",
+    "BrokerTimeoutError": "taskq.errors",
+    "DuplicateTaskError": "taskq.errors",
+    "InvalidArgumentError": "taskq.errors",
+    "LeaseLostError": "taskq.errors",
+    "QueueNotEmptyError": "taskq.errors",
+    "QueueNotFoundError": "taskq.errors",
+    "RevokeTask": "taskq.errors",
+    "SkipRetry": "taskq.errors",
+    "TaskIDConflictError": "taskq.errors",
+    "TaskNotFoundError": "taskq.errors",
+    "TaskStateError": "taskq.errors",
+    "TaskqError": "taskq.errors",
+    "UnknownBrokerError": "taskq.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taskq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from taskq._time import Clock, SystemClock
+    from taskq.brokers.base import Broker
+    from taskq.brokers.memory import InMemoryBroker
+    from taskq.brokers.registry import connect
+    from taskq.client import AsyncClient, Client
+    from taskq.errors import (
+        BrokerConnectionError,
+        BrokerError,
+        BrokerTimeoutError,
+        DuplicateTaskError,
+        InvalidArgumentError,
+        LeaseLostError,
+        QueueNotEmptyError,
+        QueueNotFoundError,
+        RevokeTask,
+        SkipRetry,
+        TaskIDConflictError,
+        TaskNotFoundError,
+        TaskqError,
+        TaskStateError,
+        UnknownBrokerError,
+    )
+    from taskq.inspector import AsyncInspector, Inspector
+    from taskq.mux import Context, Handler, ServeMux
+    from taskq.runtime.server import Config, Server, run
+    from taskq.scheduler import PeriodicTaskConfig, PeriodicTaskManager, Scheduler
+    from taskq.task import Task, TaskInfo, TaskState

@@ -1,0 +1,176 @@
+"""The taskq error tree.
+
+Every error taskq raises derives from :class:`TaskqError`. Driver errors (redis,
+sqlite3) are translated into this tree at the broker boundary, so application
+code never needs to import a driver to handle a failure::
+
+    TaskqError
+    ├── InvalidArgumentError (also a ValueError)
+    │   ├── InvalidQueueNameError
+    │   ├── InvalidDurationError
+    │   └── PayloadTooLargeError
+    ├── BrokerError
+    │   ├── BrokerConnectionError
+    │   │   └── BrokerAuthError
+    │   ├── BrokerTimeoutError
+    │   ├── BrokerOutOfMemoryError
+    │   ├── UnknownBrokerError         (no broker for a URL scheme)
+    │   ├── SchemaVersionError         (stored data newer than this taskq)
+    │   └── MessageDecodeError         (a stored message cannot be decoded)
+    ├── TaskIDConflictError            (task_id already used in the queue)
+    ├── DuplicateTaskError             (a unique lock is held)
+    ├── QueueNotFoundError
+    ├── QueueNotEmptyError
+    ├── TaskNotFoundError
+    ├── TaskStateError                 (operation not allowed in the task's state)
+    ├── LeaseLostError                 (fencing: stale or expired lease token)
+    ├── HandlerError
+    │   └── HandlerNotFoundError
+    └── ServerClosedError
+
+    TaskqSignal (BaseException-free control flow raised by handlers)
+    ├── SkipRetry                      (archive at once, no retry)
+    └── RevokeTask                     (drop the task: no retry, no archive)
+
+Control-flow signals are deliberately *not* ``TaskqError``: a handler that
+catches ``TaskqError`` around its own broker calls must not swallow them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerAuthError",
+    "BrokerConnectionError",
+    "BrokerError",
+    "BrokerOutOfMemoryError",
+    "BrokerTimeoutError",
+    "DuplicateTaskError",
+    "HandlerError",
+    "HandlerNotFoundError",
+    "InvalidArgumentError",
+    "InvalidDurationError",
+    "InvalidQueueNameError",
+    "LeaseLostError",
+    "MessageDecodeError",
+    "PayloadTooLargeError",
+    "QueueNotEmptyError",
+    "QueueNotFoundError",
+    "RevokeTask",
+    "SchemaVersionError",
+    "ServerClosedError",
+    "SkipRetry",
+    "TaskIDConflictError",
+    "TaskNotFoundError",
+    "TaskStateError",
+    "TaskqError",
+    "TaskqSignal",
+    "UnknownBrokerError",
+]
+
+
+class TaskqError(Exception):
+    """Root of every error raised by taskq."""
+
+
+class InvalidArgumentError(TaskqError, ValueError):
+    """An argument is invalid; raised before any broker I/O."""
+
+
+class InvalidQueueNameError(InvalidArgumentError):
+    """A queue name is empty, too long, or contains a forbidden character."""
+
+
+class InvalidDurationError(InvalidArgumentError):
+    """A duration or time is negative, naive, or cannot be parsed."""
+
+
+class PayloadTooLargeError(InvalidArgumentError):
+    """A payload, result or header set exceeds the configured size limit."""
+
+
+class BrokerError(TaskqError):
+    """The broker failed to carry out an operation."""
+
+
+class BrokerConnectionError(BrokerError):
+    """The broker cannot be reached, or the connection dropped."""
+
+
+class BrokerAuthError(BrokerConnectionError):
+    """The broker refused the credentials. The message never contains them."""
+
+
+class BrokerTimeoutError(BrokerError):
+    """A broker operation did not finish in time; its outcome is unknown."""
+
+
+class BrokerOutOfMemoryError(BrokerError):
+    """The broker refused a write because it is out of memory."""
+
+
+class UnknownBrokerError(BrokerError):
+    """No broker is registered for a URL scheme."""
+
+
+class SchemaVersionError(BrokerError):
+    """Stored data was written by a newer, incompatible version of taskq."""
+
+
+class MessageDecodeError(BrokerError):
+    """A stored task message cannot be decoded."""
+
+
+class TaskIDConflictError(TaskqError):
+    """A task with the same id already exists in the queue."""
+
+
+class DuplicateTaskError(TaskqError):
+    """A unique task with the same queue, type and payload already holds the lock."""
+
+
+class QueueNotFoundError(TaskqError):
+    """The queue does not exist."""
+
+
+class QueueNotEmptyError(TaskqError):
+    """The queue still holds tasks (use ``force=True`` to remove it anyway)."""
+
+
+class TaskNotFoundError(TaskqError):
+    """No task with this id exists in the queue."""
+
+
+class TaskStateError(TaskqError):
+    """The operation is not allowed in the task's current state."""
+
+
+class LeaseLostError(TaskqError):
+    """The lease token is stale or expired: another attempt owns the task now.
+
+    Raised by every fenced transition (done, complete, retry, archive, requeue,
+    write_result, extend). Nothing was changed.
+    """
+
+
+class HandlerError(TaskqError):
+    """A problem with handler registration or dispatch."""
+
+
+class HandlerNotFoundError(HandlerError):
+    """No handler is registered for a task type."""
+
+
+class ServerClosedError(TaskqError):
+    """The server, client or broker has been shut down."""
+
+
+class TaskqSignal(Exception):
+    """Base of the control-flow signals a handler raises."""
+
+
+class SkipRetry(TaskqSignal):
+    """Raise from a handler to archive the task at once, without retrying."""
+
+
+class RevokeTask(TaskqSignal):
+    """Raise from a handler to drop the task: no retry, no archive."""
