@@ -357,9 +357,10 @@ class Consumer(Protocol):
         ...
 
     async def retry(
-        self, ref: LeaseRef, *, retry_at: int, error: str, is_failure: bool = True
+        self, ref: LeaseRef, *, delay: int, error: str, is_failure: bool = True
     ) -> None:
-        """active -> retry, due at ``retry_at`` (epoch ms).
+        """active -> retry, due ``delay`` ms from now (broker time, so worker clock
+        skew cannot make a retry early or late).
 
         Stores ``error`` as ``last_error`` and now as ``last_failed_at``. When
         ``is_failure``, increments ``retried`` and counts processed + failed;
