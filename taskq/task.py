@@ -37,6 +37,7 @@ __all__ = [
     "TaskInfo",
     "TaskMessage",
     "TaskState",
+    "validate_group_name",
     "validate_queue_name",
     "validate_task_type",
 ]
@@ -95,6 +96,15 @@ def validate_queue_name(queue: object) -> str:
         InvalidQueueNameError: if it is not.
     """
     return _check_name(queue, "queue name", InvalidQueueNameError)
+
+
+def validate_group_name(group: object) -> str:
+    """Return ``group`` if it is a valid group name (same rules as queue names).
+
+    Raises:
+        InvalidArgumentError: if it is not.
+    """
+    return _check_name(group, "group name", InvalidArgumentError)
 
 
 def validate_task_type(type_name: object) -> str:

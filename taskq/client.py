@@ -1,0 +1,368 @@
+"""Clients put tasks on queues: :class:`AsyncClient`, and its sync twin :class:`Client`.
+
+Every option is validated before any broker I/O, so a bad call raises a
+:class:`~taskq.errors.InvalidArgumentError` and stores nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from taskq._sync import run_sync
+from taskq._time import Clock, SystemClock, dt_to_ms, td_to_ms
+from taskq.brokers.base import Broker, EnqueueRequest
+from taskq.brokers.registry import DEFAULT_BROKER_URL, connect
+from taskq.errors import InvalidArgumentError, InvalidDurationError
+from taskq.task import (
+    DEFAULT_MAX_RETRY,
+    DEFAULT_QUEUE,
+    MAX_NAME_LENGTH,
+    MAX_PAYLOAD_BYTES,
+    Task,
+    TaskInfo,
+    TaskMessage,
+    TaskState,
+    check_payload_size,
+    validate_group_name,
+    validate_queue_name,
+)
+
+__all__ = ["AsyncClient", "Client", "EnqueueHook", "resolve_broker"]
+
+EnqueueHook = Callable[[Task], Task]
+"""A function run on every task before it is enqueued (tracing, tenancy, signing)."""
+
+_OPTION_NAMES = frozenset(
+    {
+        "queue",
+        "max_retry",
+        "timeout",
+        "deadline",
+        "unique",
+        "task_id",
+        "retention",
+        "group",
+        "process_at",
+        "process_in",
+    }
+)
+
+
+def resolve_broker(broker: Broker | str | None) -> Broker:
+    """Return ``broker`` itself, the broker for a URL, or the default one.
+
+    The default is ``$TASKQ_BROKER`` when set, else ``sqlite:///taskq.db``.
+    """
+    if broker is None:
+        broker = os.environ.get("TASKQ_BROKER") or DEFAULT_BROKER_URL
+    if isinstance(broker, str):
+        return connect(broker)
+    return broker
+
+
+def unique_key(queue: str, task_type: str, payload: bytes) -> str:
+    """The unique-lock name of a task: its queue, type and the SHA-256 of its payload."""
+    return f"{queue}:{task_type}:{hashlib.sha256(payload).hexdigest()}"
+
+
+def _check_task_id(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgumentError("task_id must be a non-empty str")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_LENGTH:
+        raise InvalidArgumentError(f"task_id is longer than {MAX_NAME_LENGTH} bytes")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidArgumentError("task_id must not contain control characters")
+    return value
+
+
+def _positive_ms(value: object, name: str, *, allow_zero: bool = False) -> int:
+    if not isinstance(value, timedelta):
+        raise InvalidDurationError(f"{name} must be a timedelta, got {type(value).__name__}")
+    ms = td_to_ms(value, name=name)
+    if ms == 0 and not allow_zero:
+        raise InvalidDurationError(f"{name} must be at least 1 ms, got {value!r}")
+    return ms
+
+
+class _Plan:
+    """A validated enqueue: the message to store and how to store it."""
+
+    __slots__ = ("message", "process_at", "unique_ttl")
+
+    def __init__(self, message: TaskMessage, process_at: int, unique_ttl: int) -> None:
+        self.message = message
+        self.process_at = process_at
+        self.unique_ttl = unique_ttl
+
+
+class AsyncClient:
+    """Enqueue tasks from async code.
+
+    Args:
+        broker: a :class:`~taskq.brokers.base.Broker`, a broker URL, or None for
+            ``$TASKQ_BROKER`` / the SQLite file ``taskq.db``.
+        clock: where "now" comes from for ``process_in`` and ``enqueued_at``.
+        max_payload_size: payloads longer than this (bytes) are refused.
+    """
+
+    def __init__(
+        self,
+        broker: Broker | str | None = None,
+        *,
+        clock: Clock | None = None,
+        max_payload_size: int = MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self.broker: Broker = resolve_broker(broker)
+        self._owns_broker = not _is_broker(broker)
+        self._clock = clock or SystemClock()
+        self._hooks: list[EnqueueHook] = []
+        self._max_payload = max_payload_size
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.broker!r})"
+
+    def use(self, hook: EnqueueHook) -> None:
+        """Run ``hook(task) -> task`` on every task before it is enqueued (in order added)."""
+        if not callable(hook):
+            raise InvalidArgumentError("hook must be callable")
+        self._hooks.append(hook)
+
+    def _plan(self, task: Task, options: dict[str, Any]) -> _Plan:
+        if not isinstance(task, Task):
+            raise InvalidArgumentError(f"expected a taskq.Task, got {type(task).__name__}")
+        unknown = set(options) - _OPTION_NAMES
+        if unknown:
+            raise InvalidArgumentError(f"unknown enqueue option(s): {', '.join(sorted(unknown))}")
+        for hook in self._hooks:
+            task = hook(task)
+            if not isinstance(task, Task):
+                raise InvalidArgumentError("an enqueue hook must return a taskq.Task")
+        given = {k: v for k, v in options.items() if v is not None}
+        merged = task.options()
+        if "process_at" in given or "process_in" in given:
+            merged.pop("process_at", None)
+            merged.pop("process_in", None)
+        merged.update(given)
+        if "process_at" in merged and "process_in" in merged:
+            raise InvalidArgumentError("give process_at or process_in, not both")
+
+        queue = validate_queue_name(merged.get("queue", DEFAULT_QUEUE))
+        check_payload_size(task.payload, self._max_payload)
+
+        max_retry = merged.get("max_retry", DEFAULT_MAX_RETRY)
+        if isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0:
+            raise InvalidArgumentError(f"max_retry must be an int >= 0, got {max_retry!r}")
+
+        now = self._clock.now_ms()
+        process_at = 0
+        if "process_at" in merged:
+            process_at = dt_to_ms(merged["process_at"], name="process_at")
+        elif "process_in" in merged:
+            process_at = now + _positive_ms(merged["process_in"], "process_in", allow_zero=True)
+
+        timeout = _positive_ms(merged["timeout"], "timeout") if "timeout" in merged else 0
+        deadline = dt_to_ms(merged["deadline"], name="deadline") if "deadline" in merged else 0
+        retention = (
+            _positive_ms(merged["retention"], "retention", allow_zero=True)
+            if "retention" in merged
+            else 0
+        )
+        unique_ttl = _positive_ms(merged["unique"], "unique") if "unique" in merged else 0
+        task_id = _check_task_id(merged["task_id"]) if "task_id" in merged else str(uuid.uuid4())
+        group = validate_group_name(merged["group"]) if "group" in merged else ""
+
+        message = TaskMessage(
+            id=task_id,
+            type=task.type,
+            payload=task.payload,
+            queue=queue,
+            headers=task.headers,
+            max_retry=max_retry,
+            timeout=timeout,
+            deadline=deadline,
+            unique_key=unique_key(queue, task.type, task.payload) if unique_ttl else "",
+            group=group,
+            retention=retention,
+            enqueued_at=now,
+        )
+        return _Plan(message, process_at, unique_ttl)
+
+    @staticmethod
+    def _info(plan: _Plan, state: TaskState) -> TaskInfo:
+        due = plan.process_at if state is TaskState.SCHEDULED else 0
+        if state is TaskState.PENDING:
+            due = plan.message.enqueued_at
+        return TaskInfo.from_message(plan.message, state, next_process_at=due)
+
+    async def enqueue(
+        self,
+        task: Task,
+        *,
+        queue: str | None = None,
+        max_retry: int | None = None,
+        timeout: timedelta | None = None,
+        deadline: datetime | None = None,
+        unique: timedelta | None = None,
+        task_id: str | None = None,
+        retention: timedelta | None = None,
+        group: str | None = None,
+        process_at: datetime | None = None,
+        process_in: timedelta | None = None,
+    ) -> TaskInfo:
+        """Put ``task`` on a queue and return what was stored.
+
+        The task is stored as ``scheduled`` when it is due in the future, else
+        ``aggregating`` when it has a ``group``, else ``pending``. Options given
+        here override those given to :class:`~taskq.Task`.
+
+        Args:
+            queue: the queue name (default "default").
+            max_retry: how many times a failing task is retried (default 25).
+            timeout: the longest one attempt may run (default 30 min when no deadline).
+            deadline: an aware datetime after which the task must not run.
+            unique: hold a lock on (queue, type, payload) for this long; a second
+                enqueue while it is held raises DuplicateTaskError.
+            task_id: your own id (default a UUID4); must be unused in the queue.
+            retention: keep the task as ``completed`` (with its result) this long.
+            group: aggregate the task into this group (see the group aggregator).
+            process_at, process_in: when to run it (aware datetime / delay); not both.
+
+        Raises:
+            InvalidArgumentError: a bad option (before any broker I/O).
+            TaskIDConflictError: ``task_id`` is already used in the queue.
+            DuplicateTaskError: the unique lock is held.
+            BrokerError: the broker failed.
+        """
+        options = {
+            "queue": queue,
+            "max_retry": max_retry,
+            "timeout": timeout,
+            "deadline": deadline,
+            "unique": unique,
+            "task_id": task_id,
+            "retention": retention,
+            "group": group,
+            "process_at": process_at,
+            "process_in": process_in,
+        }
+        plan = self._plan(task, options)
+        msg = plan.message
+        if plan.process_at > self._clock.now_ms():
+            state = await self.broker.schedule(msg, plan.process_at, unique_ttl=plan.unique_ttl)
+        elif msg.group:
+            state = await self.broker.add_to_group(msg, unique_ttl=plan.unique_ttl)
+        else:
+            state = await self.broker.enqueue(msg, unique_ttl=plan.unique_ttl)
+        return self._info(plan, state)
+
+    async def enqueue_many(
+        self, tasks: Iterable[Task], **options: Any
+    ) -> list[TaskInfo | Exception]:
+        """Enqueue many tasks in as few round trips as the broker allows.
+
+        ``options`` apply to every task (as in :meth:`enqueue`). Each task is
+        stored atomically on its own; the batch is not all-or-nothing. All tasks
+        are validated before anything is stored.
+
+        Returns:
+            per task, in order, its TaskInfo or the error that refused it
+            (TaskIDConflictError, DuplicateTaskError).
+        """
+        plans = [self._plan(task, dict(options)) for task in tasks]
+        if not plans:
+            return []
+        requests = [EnqueueRequest(p.message, p.process_at, p.unique_ttl) for p in plans]
+        results = await self.broker.enqueue_many(requests)
+        out: list[TaskInfo | Exception] = []
+        for plan, result in zip(plans, results, strict=True):
+            out.append(result if isinstance(result, Exception) else self._info(plan, result))
+        return out
+
+    async def get_task_info(self, queue: str, task_id: str) -> TaskInfo:
+        """Return the current :class:`TaskInfo` of a task.
+
+        Raises:
+            QueueNotFoundError, TaskNotFoundError.
+        """
+        return await self.broker.get_task(validate_queue_name(queue), task_id)
+
+    async def ping(self) -> None:
+        """Check that the broker is reachable (raises BrokerConnectionError if not)."""
+        await self.broker.ping()
+
+    async def close(self) -> None:
+        """Close the broker if this client created it from a URL."""
+        if self._owns_broker:
+            await self.broker.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _is_broker(value: object) -> bool:
+    return value is not None and not isinstance(value, str)
+
+
+class Client:
+    """Enqueue tasks from synchronous code.
+
+    A thin wrapper over :class:`AsyncClient`: each call runs on taskq's private
+    event-loop thread, so it works from plain threads, from inside a running
+    event loop's thread pool, and in a forked child. Same arguments, options
+    and errors as :class:`AsyncClient`.
+    """
+
+    def __init__(
+        self,
+        broker: Broker | str | None = None,
+        *,
+        clock: Clock | None = None,
+        max_payload_size: int = MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self._async = AsyncClient(broker, clock=clock, max_payload_size=max_payload_size)
+
+    def __repr__(self) -> str:
+        return f"Client({self._async.broker!r})"
+
+    @property
+    def broker(self) -> Broker:
+        """The broker this client writes to."""
+        return self._async.broker
+
+    def use(self, hook: EnqueueHook) -> None:
+        """Run ``hook(task) -> task`` on every task before it is enqueued."""
+        self._async.use(hook)
+
+    def enqueue(self, task: Task, **options: Any) -> TaskInfo:
+        """Put ``task`` on a queue; see :meth:`AsyncClient.enqueue`."""
+        return run_sync(self._async.enqueue(task, **options))
+
+    def enqueue_many(self, tasks: Sequence[Task], **options: Any) -> list[TaskInfo | Exception]:
+        """Enqueue many tasks; see :meth:`AsyncClient.enqueue_many`."""
+        return run_sync(self._async.enqueue_many(list(tasks), **options))
+
+    def get_task_info(self, queue: str, task_id: str) -> TaskInfo:
+        """Return the current :class:`TaskInfo` of a task."""
+        return run_sync(self._async.get_task_info(queue, task_id))
+
+    def ping(self) -> None:
+        """Check that the broker is reachable."""
+        run_sync(self._async.ping())
+
+    def close(self) -> None:
+        """Close the broker if this client created it from a URL."""
+        run_sync(self._async.close())
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
