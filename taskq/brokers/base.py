@@ -50,6 +50,8 @@ __all__ = [
     "Broker",
     "CancelSubscription",
     "Canceller",
+    "ClusterAdmin",
+    "ClusterSlotInfo",
     "Consumer",
     "DailyStats",
     "Delivery",
@@ -230,6 +232,21 @@ class SchedulerEvent:
 
     task_id: str
     enqueued_at: int
+
+
+@attrs.frozen
+class ClusterSlotInfo:
+    """Where a queue lives in a Redis Cluster.
+
+    Attributes:
+        queue: the queue name.
+        slot: the hash slot every key of the queue maps to.
+        nodes: the nodes serving that slot as ``host:port``, the primary first.
+    """
+
+    queue: str
+    slot: int
+    nodes: Sequence[str]
 
 
 @runtime_checkable
@@ -681,6 +698,22 @@ class Admin(Protocol):
             QueueNotFoundError: unknown queue.
             QueueNotEmptyError: it holds tasks (without ``force``) or active
                 tasks (even with ``force``).
+        """
+        ...
+
+
+@runtime_checkable
+class ClusterAdmin(Protocol):
+    """Optional, not part of :class:`Broker`: a sharded broker tells where a queue lives.
+
+    The Inspector uses it when the broker implements it (Redis Cluster).
+    """
+
+    async def cluster_info(self, queue: str) -> ClusterSlotInfo:
+        """The hash slot of ``queue`` and the nodes that serve it.
+
+        Raises:
+            BrokerError: the broker is not connected to a cluster.
         """
         ...
 
