@@ -1,0 +1,177 @@
+"""The task model: validation, the wire encoding and TaskInfo."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import attrs
+import pytest
+
+from taskq.errors import (
+    InvalidArgumentError,
+    InvalidQueueNameError,
+    MessageDecodeError,
+    SchemaVersionError,
+)
+from taskq.task import (
+    Task,
+    TaskInfo,
+    TaskMessage,
+    TaskState,
+    truncate_error,
+    validate_queue_name,
+)
+
+
+def full_message() -> TaskMessage:
+    return TaskMessage(
+        id="id-1",
+        type="email:welcome",
+        payload=bytes(range(256)),
+        queue="队列-🚀",
+        headers={"traceparent": "00-abc", "tenant": "t1"},
+        max_retry=7,
+        retried=2,
+        last_error="boom",
+        last_failed_at=1_700_000_000_123,
+        timeout=30_000,
+        deadline=1_700_000_100_000,
+        unique_key="q:t:abc",
+        group="user1:email",
+        retention=7_200_000,
+        enqueued_at=1_700_000_000_000,
+        completed_at=1_700_000_001_000,
+    )
+
+
+def test_message_round_trips_every_field_byte_exact() -> None:
+    msg = full_message()
+    assert TaskMessage.decode(msg.encode()) == msg
+
+
+def test_minimal_message_omits_default_fields() -> None:
+    msg = TaskMessage(id="a", type="t", payload=b"{}", queue="default", enqueued_at=5)
+    doc = json.loads(msg.encode())
+    assert doc == {
+        "v": 1,
+        "id": "a",
+        "type": "t",
+        "queue": "default",
+        "payload": "e30=",
+        "max_retry": 25,
+        "enqueued_at": 5,
+    }
+
+
+def test_encoding_matches_the_documented_example() -> None:
+    msg = TaskMessage(
+        id="3f1c2a9e-6f0e-4f7a-9d0e-0b5d2c1e7a11",
+        type="email:welcome",
+        payload=b'{"user_id": 42}',
+        queue="default",
+        enqueued_at=1795716000000,
+    )
+    with open("docs/wire-format.md", encoding="utf-8") as f:
+        doc = f.read()
+    assert msg.encode().decode() in doc
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"garbage",
+        b"[1,2]",
+        b'{"id":"a"}',
+        b'{"v":1,"id":"a","type":"t","queue":"q","payload":"***"}',
+        b'{"v":1,"id":1,"type":"t","queue":"q","payload":""}',
+        b'{"v":"1","id":"a","type":"t","queue":"q","payload":""}',
+        b"\xff\xfe",
+    ],
+)
+def test_malformed_message_raises_decode_error(raw: bytes) -> None:
+    with pytest.raises(MessageDecodeError):
+        TaskMessage.decode(raw)
+
+
+def test_newer_wire_version_raises_schema_version_error() -> None:
+    raw = b'{"v":99,"id":"a","type":"t","queue":"q","payload":""}'
+    with pytest.raises(SchemaVersionError, match="99"):
+        TaskMessage.decode(raw)
+
+
+@pytest.mark.parametrize(
+    "name", ["default", "队列-🚀", "a:b", "with space", "*", "?", "[x]", "a" * 255]
+)
+def test_valid_queue_names_are_accepted(name: str) -> None:
+    assert validate_queue_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", " ", " lead", "trail ", "{}", "a{b", "a}b", "nul\x00", "tab\tx", "a" * 256, 5]
+)
+def test_invalid_queue_names_are_refused(name: object) -> None:
+    with pytest.raises(InvalidQueueNameError):
+        validate_queue_name(name)
+
+
+def test_task_rejects_non_bytes_payload_and_bad_headers() -> None:
+    with pytest.raises(InvalidArgumentError, match="payload must be bytes"):
+        Task("t", "text")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="headers"):
+        Task("t", b"", {"k": 1})  # type: ignore[dict-item]
+    with pytest.raises(InvalidArgumentError, match="task type"):
+        Task("", b"")
+
+
+def test_task_is_frozen_and_copies_headers() -> None:
+    headers = {"a": "1"}
+    task = Task("t", bytearray(b"x"), headers)  # type: ignore[arg-type]
+    headers["a"] = "2"
+    assert task.payload == b"x"
+    assert task.headers == {"a": "1"}
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        task.type = "u"  # type: ignore[misc]
+
+
+def test_task_options_lists_only_the_options_set() -> None:
+    task = Task("t", b"", queue="high", max_retry=3)
+    assert task.options() == {"queue": "high", "max_retry": 3}
+
+
+def test_task_info_converts_milliseconds_to_aware_datetimes() -> None:
+    info = TaskInfo.from_message(full_message(), TaskState.RETRY, next_process_at=1_700_000_200_000)
+    assert info.state is TaskState.RETRY
+    assert info.timeout == timedelta(seconds=30)
+    assert info.retention == timedelta(hours=2)
+    assert info.deadline == datetime.fromtimestamp(1_700_000_100, timezone.utc)
+    assert info.last_failed_at is not None and info.last_failed_at.tzinfo is not None
+    assert info.next_process_at == datetime.fromtimestamp(1_700_000_200, timezone.utc)
+    assert info.group == "user1:email"
+
+
+def test_unset_times_are_none_in_task_info() -> None:
+    msg = TaskMessage(id="a", type="t", payload=b"", queue="q")
+    info = TaskInfo.from_message(msg, TaskState.PENDING)
+    assert info.timeout is None and info.deadline is None and info.completed_at is None
+    assert info.group is None
+
+
+def test_truncate_error_keeps_the_tail_within_the_limit() -> None:
+    text = "head" + "x" * 10_000 + "TAIL"
+    out = truncate_error(text)
+    assert len(out) <= 4096
+    assert out.endswith("TAIL")
+    assert truncate_error("short") == "short"
+
+
+def test_task_state_values_are_the_documented_names() -> None:
+    assert [s.value for s in TaskState] == [
+        "pending",
+        "active",
+        "scheduled",
+        "retry",
+        "archived",
+        "completed",
+        "aggregating",
+    ]
