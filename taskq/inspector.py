@@ -129,8 +129,12 @@ class QueueInfo:
             timestamp=ms_to_dt(stats.timestamp),
         )
 
-    def count(self, state: TaskState) -> int:
-        """Return the number of tasks in ``state``."""
+    def count(self, state: TaskState | str) -> int:
+        """Return the number of tasks in ``state`` (a TaskState or its name).
+
+        Raises:
+            ValueError: ``state`` is not a task state.
+        """
         return int(getattr(self, TaskState(state).value))
 
 

@@ -1,0 +1,134 @@
+"""What every taskq subcommand shares: the global options, the broker, the Inspector."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from taskq.brokers.base import Broker
+    from taskq.inspector import AsyncInspector
+
+__all__ = [
+    "EXIT_BROKER",
+    "EXIT_CONFLICT",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CliError",
+    "broker_url",
+    "common_options",
+    "open_broker",
+    "open_inspector",
+    "wants_json",
+]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_BROKER = 5
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """An error a command reports as one line with a chosen exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_COMMON: argparse.ArgumentParser | None = None
+
+
+def common_options() -> argparse.ArgumentParser:
+    """A parent parser holding ``--broker``, ``--json`` and ``--debug``.
+
+    Subcommands list it in ``parents=`` so the options work after the
+    subcommand too (``taskq queue ls --json``). Defaults are suppressed there so
+    a value given before the subcommand is not overwritten.
+    """
+    global _COMMON
+    if _COMMON is None:
+        parser = argparse.ArgumentParser(add_help=False)
+        add_global_options(parser, suppress=True)
+        _COMMON = parser
+    return _COMMON
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """Add ``--broker``, ``--json`` and ``--debug`` to ``parser``."""
+    default_broker: object = argparse.SUPPRESS if suppress else None
+    default_flag: object = argparse.SUPPRESS if suppress else False
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--broker",
+        "-b",
+        metavar="URL",
+        default=default_broker,
+        help="broker URL (default: $TASKQ_BROKER, else sqlite:///taskq.db)",
+    )
+    group.add_argument(
+        "--json", action="store_true", default=default_flag, help="print JSON for scripts"
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=default_flag,
+        help="show tracebacks and debug logs on errors",
+    )
+
+
+def broker_url(args: argparse.Namespace) -> str:
+    """The broker URL: ``--broker``, else ``$TASKQ_BROKER``, else the SQLite default."""
+    from taskq.brokers.registry import DEFAULT_BROKER_URL
+
+    given = getattr(args, "broker", None)
+    return str(given or os.environ.get("TASKQ_BROKER") or DEFAULT_BROKER_URL)
+
+
+def wants_json(args: argparse.Namespace) -> bool:
+    """Whether ``--json`` was given."""
+    return bool(getattr(args, "json", False))
+
+
+def open_broker(args: argparse.Namespace) -> Broker:
+    """Connect to the broker named by the arguments.
+
+    Raises:
+        CliError: the broker's module cannot be loaded (e.g. a missing extra).
+    """
+    from taskq.brokers.registry import connect, redact_url
+
+    url = broker_url(args)
+    try:
+        return connect(url)
+    except ImportError as exc:
+        raise CliError(
+            f"the broker for {redact_url(url)} is not available in this installation ({exc})"
+        ) from exc
+
+
+@contextlib.asynccontextmanager
+async def open_inspector(args: argparse.Namespace) -> AsyncIterator[AsyncInspector]:
+    """An :class:`~taskq.AsyncInspector` on the broker, closed on exit."""
+    from taskq.inspector import AsyncInspector
+
+    inspector = AsyncInspector(open_broker(args))
+    try:
+        yield inspector
+    finally:
+        await inspector.broker.close()
+
+
+def stdout_is_tty() -> bool:
+    """Whether standard output is a terminal."""
+    return sys.stdout.isatty()

@@ -1,0 +1,116 @@
+"""Parsing command-line values: durations, times, headers, task states.
+
+Each parser raises :class:`argparse.ArgumentTypeError` with a message that
+says what was expected, so argparse reports it as one line naming the option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import datetime, timedelta
+
+__all__ = ["parse_days", "parse_duration", "parse_header", "parse_positive_int", "parse_time"]
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_HINT = "use a number with a unit: 250ms, 30s, 5m, 1h30m, 2d"
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse a duration such as ``250ms``, ``30s``, ``5m``, ``1h30m`` or ``1.5h``.
+
+    Units: ``ms``, ``s``, ``m``, ``h``, ``d``; parts add up. A bare number is
+    refused (it would be ambiguous).
+
+    Raises:
+        argparse.ArgumentTypeError: the text is not such a duration.
+    """
+    value = text.strip().lower()
+    pos = 0
+    total = 0.0
+    for match in _PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS_MS[match.group(2)]
+        pos = match.end()
+    if not value or pos != len(value):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} ({_DURATION_HINT})")
+    return timedelta(milliseconds=round(total))
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO-8601 time with a UTC offset, e.g. ``2030-01-02T15:04:05+01:00`` or ``...Z``.
+
+    Raises:
+        argparse.ArgumentTypeError: not ISO-8601, or no offset (taskq never
+            guesses a timezone).
+    """
+    value = text.strip()
+    if value.endswith(("z", "Z")):
+        value = value[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid time {text!r} (use ISO-8601 with an offset, e.g. 2030-01-02T15:04:05Z)"
+        ) from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise argparse.ArgumentTypeError(
+            f"time {text!r} has no UTC offset (add one, e.g. {text}Z or {text}+02:00)"
+        )
+    return parsed
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """Parse a ``key=value`` header.
+
+    Raises:
+        argparse.ArgumentTypeError: there is no ``=`` or the key is empty.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"invalid header {text!r} (use key=value)")
+    return key.strip(), value
+
+
+def parse_positive_int(text: str) -> int:
+    """Parse an integer >= 1.
+
+    Raises:
+        argparse.ArgumentTypeError: it is not one.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r} (expected an integer)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r} (must be at least 1)")
+    return value
+
+
+def parse_non_negative_int(text: str) -> int:
+    """Parse an integer >= 0.
+
+    Raises:
+        argparse.ArgumentTypeError: it is not one.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r} (expected an integer)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r} (must not be negative)")
+    return value
+
+
+def parse_days(text: str) -> int:
+    """Parse a number of days from 1 to 3650.
+
+    Raises:
+        argparse.ArgumentTypeError: out of range or not a number.
+    """
+    value = parse_positive_int(text)
+    if value > 3650:
+        raise argparse.ArgumentTypeError(f"invalid number of days {text!r} (at most 3650)")
+    return value
