@@ -742,7 +742,7 @@ class InMemoryBroker:
             q = self._queues.get(queue)
             if q is None:
                 return 0
-            expired = q.completed_due.due(self._now() - 1, limit)
+            expired = q.completed_due.due(self._now(), limit)
             for task_id in expired:
                 self._remove(q, q.tasks[task_id])
             return len(expired)
