@@ -46,6 +46,7 @@ DEFAULT_RECLAIM_AFTER = timedelta(minutes=2)
 _MAX_CHECK_INTERVAL_MS = 1000
 _MIN_CHECK_INTERVAL_MS = 20
 _RECLAIM_EVERY_MS = 30_000
+_MAX_SETS_PER_PASS = 100
 
 GroupAggregateFunc = Callable[[str, list[Task]], Task | Awaitable[Task]]
 """``fn(group, tasks) -> Task``: a plain function or a coroutine function."""
@@ -240,10 +241,13 @@ class Aggregator:
         return moved
 
     async def check_once(self, stop: asyncio.Event | None = None) -> int:
-        """Check every group of every queue once; return how many aggregated tasks were made."""
+        """Check every group of every queue once; return how many aggregated tasks were made.
+
+        A group bigger than ``max_size`` is aggregated in several tasks in the
+        same pass while it stays ready.
+        """
         made = 0
         for queue in self._queues:
-            grace, max_delay, max_size = self.limits(queue)
             try:
                 groups = await self._broker.groups(queue)
             except Exception:
@@ -252,21 +256,23 @@ class Aggregator:
             for info in groups:
                 if stop is not None and stop.is_set():
                     return made
-                try:
-                    set_id = await self._broker.aggregation_check(
-                        queue,
-                        info.group,
-                        grace_period=grace,
-                        max_delay=max_delay,
-                        max_size=max_size,
-                    )
-                except Exception:
-                    self._logger.exception(
-                        "queue %r group %r: aggregation check failed", queue, info.group
-                    )
-                    continue
-                if set_id is not None and await self._aggregate_set(queue, info.group, set_id):
-                    made += 1
+                made += await self._drain_group(queue, info.group)
+        return made
+
+    async def _drain_group(self, queue: str, group: str) -> int:
+        grace, max_delay, max_size = self.limits(queue)
+        made = 0
+        for _ in range(_MAX_SETS_PER_PASS):
+            try:
+                set_id = await self._broker.aggregation_check(
+                    queue, group, grace_period=grace, max_delay=max_delay, max_size=max_size
+                )
+            except Exception:
+                self._logger.exception("queue %r group %r: aggregation check failed", queue, group)
+                break
+            if set_id is None or not await self._aggregate_set(queue, group, set_id):
+                break
+            made += 1
         return made
 
     async def _aggregate_set(self, queue: str, group: str, set_id: str) -> bool:
