@@ -14,6 +14,7 @@ import attrs
 
 from taskq._time import td_to_ms
 from taskq.errors import InvalidArgumentError, InvalidDurationError, MessageDecodeError
+from taskq.runtime.aggregator import DEFAULT_RECLAIM_AFTER, GroupLimits, SupportsAggregate
 from taskq.task import Task, validate_queue_name
 
 if TYPE_CHECKING:
@@ -101,6 +102,18 @@ def _queues(value: object) -> dict[str, int]:
     return result
 
 
+def _group_limits(value: object) -> Mapping[str, GroupLimits]:
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError("group_limits must be a mapping of queue name to GroupLimits")
+    for name, limits in value.items():
+        validate_queue_name(name)
+        if not isinstance(limits, GroupLimits):
+            raise InvalidArgumentError(
+                f"group_limits[{name!r}] must be a taskq.GroupLimits, got {type(limits).__name__}"
+            )
+    return dict(value)
+
+
 def _positive(name: str, value: timedelta) -> None:
     if value <= timedelta(0):
         raise InvalidArgumentError(f"{name} must be positive, got {value}")
@@ -166,11 +179,17 @@ class Config:
             payload cannot be decoded, so retrying cannot help).
         release_unique_on_archive: release a unique task's lock when it is
             archived (so an equal task can be enqueued again at once).
-        group_aggregator: ``(group, tasks) -> task``; None turns aggregation off.
+        group_aggregator: ``(group, tasks) -> task`` (plain or ``async def``), or an
+            object with such an ``aggregate`` method; None turns aggregation off.
         group_grace_period: aggregate once no task joined the group for this long
             (at least 1 s).
         group_max_delay: aggregate once the oldest member is this old (None: no limit).
         group_max_size: aggregate once the group has this many tasks (0: no limit).
+        group_limits: per-queue overrides of the three limits above, e.g.
+            ``{"bulk": GroupLimits(max_size=100)}``.
+        group_reclaim_after: an aggregation that has not finished after this
+            long (its server died, or the aggregator raised) is undone and the
+            group aggregated again.
         logger: where the server logs (default ``logging.getLogger("taskq.worker")``).
 
     Raises:
@@ -203,10 +222,12 @@ class Config:
     default_timeout: timedelta = attrs.field(default=timedelta(minutes=30), converter=_duration)
     no_retry_errors: tuple[type[BaseException], ...] = _NO_RETRY_DEFAULT
     release_unique_on_archive: bool = True
-    group_aggregator: GroupAggregator | None = None
+    group_aggregator: GroupAggregator | SupportsAggregate | None = None
     group_grace_period: timedelta = attrs.field(default=timedelta(minutes=1), converter=_duration)
     group_max_delay: timedelta | None = attrs.field(default=None, converter=_opt_duration)
     group_max_size: int = 0
+    group_limits: Mapping[str, GroupLimits] = attrs.field(factory=dict, converter=_group_limits)
+    group_reclaim_after: timedelta = attrs.field(default=DEFAULT_RECLAIM_AFTER, converter=_duration)
     logger: logging.Logger | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -218,8 +239,13 @@ class Config:
             raise InvalidArgumentError(f"concurrency must be an int >= 1, got {self.concurrency!r}")
         for name in ("retry_delay", "is_failure"):
             _check_callable(name, getattr(self, name), optional=False)
-        for name in ("error_handler", "health_check", "group_aggregator"):
+        for name in ("error_handler", "health_check"):
             _check_callable(name, getattr(self, name), optional=True)
+        _check_callable(
+            "group_aggregator",
+            getattr(self.group_aggregator, "aggregate", self.group_aggregator),
+            optional=True,
+        )
         for name in (
             "health_check_interval",
             "lease",
@@ -228,6 +254,7 @@ class Config:
             "cancel_check_interval",
             "fetch_wait",
             "default_timeout",
+            "group_reclaim_after",
         ):
             _positive(name, getattr(self, name))
         if self.lease < timedelta(milliseconds=300):
