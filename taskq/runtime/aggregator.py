@@ -38,8 +38,8 @@ __all__ = [
     "Aggregator",
     "AggregatorConfig",
     "GroupAggregateFunc",
-    "GroupAggregator",
     "GroupLimits",
+    "SupportsAggregate",
 ]
 
 DEFAULT_RECLAIM_AFTER = timedelta(minutes=2)
@@ -52,7 +52,7 @@ GroupAggregateFunc = Callable[[str, list[Task]], Task | Awaitable[Task]]
 """``fn(group, tasks) -> Task``: a plain function or a coroutine function."""
 
 
-class GroupAggregator(Protocol):
+class SupportsAggregate(Protocol):
     """An object whose ``aggregate(group, tasks)`` returns the one task replacing ``tasks``."""
 
     def aggregate(self, group: str, tasks: list[Task]) -> Task | Awaitable[Task]:
@@ -99,7 +99,7 @@ class AggregatorConfig(Protocol):
     """The slice of :class:`taskq.Config` the aggregator reads."""
 
     @property
-    def group_aggregator(self) -> GroupAggregateFunc | GroupAggregator | None: ...
+    def group_aggregator(self) -> GroupAggregateFunc | SupportsAggregate | None: ...
 
     @property
     def group_grace_period(self) -> timedelta: ...

@@ -8,29 +8,19 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-import attrs
 import pytest
 
 from taskq.brokers.memory import InMemoryBroker
 from taskq.client import AsyncClient
 from taskq.errors import InvalidArgumentError
 from taskq.runtime.aggregator import Aggregator, GroupLimits
+from taskq.runtime.config import Config
 from taskq.task import Task, TaskInfo, TaskMessage, TaskState
 from taskq.testing import FakeClock
 
 QUEUE = "notifications"
 GROUP = "user1:email"
 LOG = logging.getLogger("test.aggregator")
-
-
-@attrs.frozen(kw_only=True)
-class Config:
-    group_aggregator: Any = None
-    group_grace_period: timedelta = timedelta(minutes=1)
-    group_max_delay: timedelta | None = None
-    group_max_size: int = 0
-    group_limits: Any = attrs.field(factory=dict)
-    group_reclaim_after: timedelta = timedelta(minutes=2)
 
 
 def join_payloads(group: str, tasks: Sequence[Task]) -> Task:
@@ -364,6 +354,23 @@ def test_invalid_group_limits_are_refused() -> None:
         GroupLimits(max_size=-1)
     with pytest.raises(InvalidArgumentError):
         GroupLimits(max_delay=timedelta(seconds=-1))
+
+
+def test_config_accepts_a_function_or_an_object_with_aggregate_and_refuses_others() -> None:
+    class Joiner:
+        def aggregate(self, group: str, tasks: list[Task]) -> Task:
+            return join_payloads(group, tasks)
+
+    Config(group_aggregator=join_payloads)
+    Config(group_aggregator=Joiner())
+    with pytest.raises(InvalidArgumentError):
+        Config(group_aggregator="join")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError):
+        Config(group_limits={"bad{name}": GroupLimits(max_size=1)})
+    with pytest.raises(InvalidArgumentError):
+        Config(group_limits={"bulk": 5})  # type: ignore[dict-item]
+    with pytest.raises(InvalidArgumentError):
+        Config(group_reclaim_after=timedelta(0))
 
 
 def test_an_aggregator_needs_an_aggregate_function(
