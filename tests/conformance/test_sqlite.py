@@ -1,0 +1,283 @@
+"""The conformance suite on SQLiteBroker, plus what only the SQLite broker promises.
+
+Cross-process behaviour (several processes on one file, ``kill -9``, wake-up
+latency from another process) is in ``tests/integration/test_sqlite_processes.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+import taskq
+from taskq.brokers.sqlite import SQLiteBroker
+from taskq.errors import BrokerTimeoutError, InvalidArgumentError
+from taskq.task import TaskMessage, TaskState
+from taskq.testing import BrokerConformance, FakeClock
+from taskq.testing.conformance import CorruptDropLease
+
+QUEUE = "sq"
+
+
+def _message(task_id: str, payload: bytes = b"{}") -> TaskMessage:
+    return TaskMessage(id=task_id, type="sq:task", payload=payload, queue=QUEUE)
+
+
+def _raw(path: Path) -> sqlite3.Connection:
+    """A plain connection to the broker's file, to look at or damage what it stored."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+class TestSQLiteBroker(BrokerConformance):
+    @pytest.fixture
+    def db_path(self, tmp_path: Path) -> Path:
+        return tmp_path / "conformance.db"
+
+    @pytest.fixture
+    async def broker(self, clock: FakeClock, db_path: Path) -> AsyncIterator[SQLiteBroker]:
+        broker = SQLiteBroker(str(db_path), clock=clock)
+        yield broker
+        await broker.close()
+
+    @pytest.fixture
+    def corrupt_drop_lease(self, db_path: Path) -> CorruptDropLease:
+        async def drop(queue: str, task_id: str) -> None:
+            conn = _raw(db_path)
+            conn.execute(
+                "UPDATE tasks SET lease_until = NULL WHERE queue = ? AND id = ?", (queue, task_id)
+            )
+            conn.close()
+
+        return drop
+
+
+# --------------------------------------------------------------------------- SQLite specifics
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "specific.db"
+
+
+@pytest.fixture
+async def broker(db_path: Path) -> AsyncIterator[SQLiteBroker]:
+    broker = SQLiteBroker(str(db_path))
+    yield broker
+    await broker.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///taskq.db", "taskq.db"),
+        ("sqlite:///data/q.db", "data/q.db"),
+        ("sqlite:////var/lib/taskq/q.db", "/var/lib/taskq/q.db"),
+        ("sqlite:///with%20space.db", "with space.db"),
+        ("sqlite://:memory:", ":memory:"),
+        ("sqlite:///:memory:", ":memory:"),
+        ("SQLITE:///upper.db", "upper.db"),
+    ],
+)
+def test_urls_name_relative_absolute_and_memory_databases(url: str, path: str) -> None:
+    assert SQLiteBroker.from_url(url).path == path
+
+
+def test_connect_builds_an_sqlite_broker_for_the_sqlite_scheme() -> None:
+    broker = taskq.connect("sqlite:///taskq.db?busy_timeout=250&synchronous=full")
+    assert isinstance(broker, SQLiteBroker)
+    assert repr(broker) == "SQLiteBroker('taskq.db')"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///",
+        "sqlite://host/file.db",
+        "sqlite:///f.db?busy_timeout=soon",
+        "sqlite:///f.db?synchronous=sometimes",
+        "sqlite:///f.db?color=blue",
+        "redis://localhost/0",
+    ],
+)
+def test_malformed_urls_are_refused_with_invalid_argument_error(url: str) -> None:
+    with pytest.raises(InvalidArgumentError):
+        SQLiteBroker.from_url(url)
+
+
+async def test_the_file_is_in_wal_mode_with_a_versioned_schema(
+    broker: SQLiteBroker, db_path: Path
+) -> None:
+    await broker.ping()
+    conn = _raw(db_path)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+    conn.close()
+
+
+async def test_an_in_memory_database_works_as_a_private_broker() -> None:
+    broker = SQLiteBroker.from_url("sqlite://:memory:")
+    await broker.enqueue(_message("m1"))
+    (delivery,) = await broker.dequeue([QUEUE], count=5, lease=1_000)
+    await broker.done(delivery.ref)
+    assert (await broker.queue_stats(QUEUE)).processed == 1
+    await broker.close()
+
+
+async def test_tasks_survive_closing_and_reopening_the_file(db_path: Path) -> None:
+    first = SQLiteBroker(str(db_path))
+    await first.enqueue(_message("durable"))
+    await first.close()
+    second = SQLiteBroker(str(db_path))
+    (delivery,) = await second.dequeue([QUEUE], count=1, lease=1_000)
+    assert delivery.message.id == "durable"
+    await second.close()
+
+
+async def test_a_closed_broker_reopens_on_its_next_call(broker: SQLiteBroker) -> None:
+    await broker.enqueue(_message("before"))
+    await broker.close()
+    await broker.close()
+    await broker.enqueue(_message("after"))
+    assert (await broker.queue_stats(QUEUE)).pending == 2
+
+
+async def test_closing_the_broker_ends_a_waiting_dequeue(broker: SQLiteBroker) -> None:
+    waiting = asyncio.ensure_future(broker.dequeue([QUEUE], count=1, lease=1_000, wait=30_000))
+    await asyncio.sleep(0.05)
+    await broker.close()
+    assert await asyncio.wait_for(waiting, 5) == []
+
+
+async def test_another_connection_s_enqueue_wakes_a_waiting_dequeue_promptly(
+    broker: SQLiteBroker, db_path: Path
+) -> None:
+    other = SQLiteBroker(str(db_path))
+    await other.ping()
+    waiting = asyncio.ensure_future(broker.dequeue([QUEUE], count=1, lease=1_000, wait=30_000))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await other.enqueue(_message("from-elsewhere"))
+    (delivery,) = await asyncio.wait_for(waiting, 5)
+    assert delivery.message.id == "from-elsewhere"
+    assert time.monotonic() - started < 0.05
+    await other.close()
+
+
+async def test_an_idle_waiting_dequeue_uses_almost_no_cpu(broker: SQLiteBroker) -> None:
+    await broker.ping()
+    cpu, wall = time.process_time(), time.monotonic()
+    assert await broker.dequeue([QUEUE], count=1, lease=1_000, wait=1_000) == []
+    used = time.process_time() - cpu
+    assert time.monotonic() - wall >= 0.99
+    assert used < 0.1, f"an idle second of waiting used {used:.3f} s of CPU"
+
+
+async def test_calls_from_two_event_loops_in_two_threads_share_one_broker(
+    broker: SQLiteBroker,
+) -> None:
+    def producer_thread() -> None:
+        async def produce() -> None:
+            await asyncio.sleep(0.05)
+            for n in range(20):
+                await broker.enqueue(_message(f"thread-{n}"))
+
+        asyncio.run(produce())
+
+    thread = threading.Thread(target=producer_thread)
+    thread.start()
+    got: list[str] = []
+    deadline = time.monotonic() + 10
+    while len(got) < 20 and time.monotonic() < deadline:
+        for delivery in await broker.dequeue([QUEUE], count=20, lease=10_000, wait=1_000):
+            got.append(delivery.message.id)
+            await broker.done(delivery.ref)
+    await asyncio.get_running_loop().run_in_executor(None, thread.join, 10)
+    assert sorted(got) == sorted(f"thread-{n}" for n in range(20))
+
+
+async def test_a_write_lock_held_too_long_gives_broker_timeout_error(db_path: Path) -> None:
+    broker = SQLiteBroker(str(db_path), busy_timeout=200)
+    await broker.ping()
+    holder = _raw(db_path)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerTimeoutError, match="write lock"):
+            await broker.enqueue(_message("blocked"))
+        assert 0.15 < time.monotonic() - started < 5
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert await broker.enqueue(_message("unblocked")) is TaskState.PENDING
+    assert [t.id for t in await broker.list_tasks(QUEUE, TaskState.PENDING)] == ["unblocked"]
+    await broker.close()
+
+
+async def test_an_undecodable_stored_message_is_archived_instead_of_delivered(
+    broker: SQLiteBroker, db_path: Path
+) -> None:
+    await broker.enqueue(_message("corrupt"))
+    await broker.enqueue(_message("fine"))
+    conn = _raw(db_path)
+    conn.execute("UPDATE tasks SET msg = ? WHERE id = 'corrupt'", (b"\x00not json",))
+    conn.close()
+
+    deliveries = await broker.dequeue([QUEUE], count=5, lease=1_000)
+    assert [d.message.id for d in deliveries] == ["fine"]
+    info = await broker.get_task(QUEUE, "corrupt")
+    assert info.state is TaskState.ARCHIVED
+    assert info.payload == b"\x00not json"
+    assert "not valid JSON" in info.last_error
+
+
+class _GateClock:
+    """A clock that can hold the broker thread inside a transaction until released."""
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def now_ms(self) -> int:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            self.release.wait(10)
+        return 1_900_000_000_000
+
+
+@pytest.fixture
+def gate() -> Iterator[_GateClock]:
+    clock = _GateClock()
+    yield clock
+    clock.release.set()
+
+
+async def test_a_dequeue_cancelled_mid_transaction_puts_its_tasks_back(
+    db_path: Path, gate: _GateClock
+) -> None:
+    broker = SQLiteBroker(str(db_path), clock=gate)
+    await broker.enqueue(_message("first"))
+    await broker.enqueue(_message("second"))
+    gate.armed = True
+    call = asyncio.ensure_future(broker.dequeue([QUEUE], count=1, lease=60_000))
+    assert await asyncio.get_running_loop().run_in_executor(None, gate.entered.wait, 10)
+    call.cancel()
+    gate.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+    for _ in range(500):  # the give-back runs on the broker thread right after
+        if not (await broker.queue_stats(QUEUE)).active:
+            break
+        await asyncio.sleep(0.01)
+    pending = await broker.list_tasks(QUEUE, TaskState.PENDING)
+    assert [t.id for t in pending] == ["first", "second"]
+    await broker.close()
