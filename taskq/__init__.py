@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "Handler": "taskq.mux",
     "ServeMux": "taskq.mux",
     "Config": "taskq.runtime.server",
+    "GroupLimits": "taskq.runtime.aggregator",
     "Server": "taskq.runtime.server",
     "run": "taskq.runtime.server",
     # inspection and scheduling
@@ -39,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "PeriodicTaskConfig": "taskq.scheduler",
     "PeriodicTaskManager": "taskq.scheduler",
     "Scheduler": "taskq.scheduler",
+    "SchedulerEntry": "taskq.scheduler",
     # errors
     "BrokerConnectionError": "taskq.errors",
     "BrokerError": "taskq.errors",
@@ -98,6 +100,12 @@ if TYPE_CHECKING:
     )
     from taskq.inspector import AsyncInspector, Inspector
     from taskq.mux import Context, Handler, ServeMux
+    from taskq.runtime.aggregator import GroupLimits
     from taskq.runtime.server import Config, Server, run
-    from taskq.scheduler import PeriodicTaskConfig, PeriodicTaskManager, Scheduler
+    from taskq.scheduler import (
+        PeriodicTaskConfig,
+        PeriodicTaskManager,
+        Scheduler,
+        SchedulerEntry,
+    )
     from taskq.task import Task, TaskInfo, TaskState
