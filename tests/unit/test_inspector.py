@@ -1,4 +1,4 @@
-"""Every Inspector method, run once per broker (in-memory and a real Redis)."""
+"""Every Inspector method, run once per broker (in-memory, SQLite and a real Redis)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -47,9 +48,15 @@ async def _redis_broker(request: pytest.FixtureRequest) -> Broker:
     return taskq.connect(server.url)
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    b: Broker = InMemoryBroker() if request.param == "memory" else await _redis_broker(request)
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
+    b: Broker
+    if request.param == "memory":
+        b = InMemoryBroker()
+    elif request.param == "sqlite":
+        b = taskq.connect(f"sqlite:///{tmp_path / 'taskq.db'}")
+    else:
+        b = await _redis_broker(request)
     try:
         yield b
     finally:
