@@ -1,0 +1,213 @@
+"""The conformance suite has teeth: every deliberately broken broker fails it.
+
+Each variant subclasses InMemoryBroker and breaks one rule of the protocol;
+the suite (limited with ``-k`` to the tests that guard that rule, to stay
+fast) must report failures for it, and none for the real broker.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+_MODULE = """
+from __future__ import annotations
+
+import pytest
+
+from taskq.brokers.base import LeaseRef
+from taskq.brokers.memory import InMemoryBroker
+from taskq.testing import BrokerConformance
+
+{broker}
+
+
+class TestVariant(BrokerConformance):
+    @pytest.fixture
+    async def broker(self, clock):
+        broker = Variant(clock=clock)
+        yield broker
+        await broker.close()
+"""
+
+_INI = """
+[pytest]
+asyncio_mode = auto
+asyncio_default_fixture_loop_scope = function
+markers =
+    conformance: the taskq broker conformance suite
+"""
+
+# name -> (source of class Variant, -k expression selecting the tests that must catch it)
+VARIANTS: dict[str, tuple[str, str]] = {
+    "delivers_a_task_twice": (
+        """
+        class Variant(InMemoryBroker):
+            def _take(self, queues, count, lease):
+                got = super()._take(queues, count, lease)
+                for delivery in got[:1]:
+                    # Left in the pending list as well: it is handed out again.
+                    self._queues[delivery.message.queue].pending[delivery.message.id] = None
+                return got
+        """,
+        "exactly_once or dequeue_is_fifo",
+    ),
+    "ignores_pause": (
+        """
+        class Variant(InMemoryBroker):
+            async def pause_queue(self, queue):
+                with self._lock:
+                    self._known(queue)
+        """,
+        "paused",
+    ),
+    "ignores_the_lease_token": (
+        """
+        class Variant(InMemoryBroker):
+            def _fenced(self, ref, now):
+                q = self._queues.get(ref.queue)
+                entry = q.tasks.get(ref.task_id) if q else None
+                if entry is not None and entry.token is not None:
+                    ref = LeaseRef(ref.queue, ref.task_id, entry.token)
+                return super()._fenced(ref, now)
+        """,
+        "stale_lease or reclaim_gives",
+    ),
+    "ignores_lease_expiry": (
+        """
+        class Variant(InMemoryBroker):
+            def _fenced(self, ref, now):
+                return super()._fenced(ref, 0)
+        """,
+        "stale_lease or late_ack",
+    ),
+    "loses_a_task_on_retry": (
+        """
+        class Variant(InMemoryBroker):
+            async def retry(self, ref, **kwargs):
+                await super().retry(ref, **kwargs)
+                with self._lock:
+                    q = self._queues[ref.queue]
+                    self._remove(q, q.tasks[ref.task_id])
+        """,
+        "retry",
+    ),
+    "never_releases_a_unique_lock": (
+        """
+        class Variant(InMemoryBroker):
+            def _release_lock(self, q, entry):
+                pass
+        """,
+        "unique_lock",
+    ),
+    "ignores_the_unique_lock": (
+        """
+        class Variant(InMemoryBroker):
+            def _store(self, message, process_at, unique_ttl, now):
+                return super()._store(message, process_at, 0, now)
+        """,
+        "unique",
+    ),
+    "forwards_tasks_before_they_are_due": (
+        """
+        class Variant(InMemoryBroker):
+            async def forward(self, queue, *, limit=1000):
+                real_now = self._now
+                self._now = lambda: real_now() + 1_000
+                try:
+                    return await super().forward(queue, limit=limit)
+                finally:
+                    del self._now
+        """,
+        "forward",
+    ),
+    "finishes_an_aggregation_twice": (
+        """
+        class Variant(InMemoryBroker):
+            async def finish_aggregation(self, queue, group, set_id, message):
+                if not await super().finish_aggregation(queue, group, set_id, message):
+                    try:
+                        await self.enqueue(message)
+                    except Exception:
+                        pass
+                return True
+        """,
+        "aggregation",
+    ),
+    "requeues_at_the_tail": (
+        """
+        class Variant(InMemoryBroker):
+            def _to_pending(self, q, entry, now, *, head=False):
+                super()._to_pending(q, entry, now)
+        """,
+        "requeue",
+    ),
+    "runs_a_cancelled_task": (
+        """
+        class Variant(InMemoryBroker):
+            def _archive_by_hand(self, q, entry, reason=""):
+                if reason:
+                    return
+                super()._archive_by_hand(q, entry, reason)
+        """,
+        "cancel",
+    ),
+    "counts_an_attempt_that_is_not_a_failure": (
+        """
+        class Variant(InMemoryBroker):
+            async def retry(self, ref, *, delay, error, is_failure=True):
+                await super().retry(ref, delay=delay, error=error, is_failure=True)
+        """,
+        "outcome or not_a_failure",
+    ),
+    "keeps_expired_server_state": (
+        """
+        class Variant(InMemoryBroker):
+            async def write_server_state(self, info, *, ttl):
+                await super().write_server_state(info, ttl=ttl * 1000)
+        """,
+        "server_state",
+    ),
+    "loses_a_task_when_a_stale_ack_is_refused": (
+        """
+        from taskq.errors import LeaseLostError
+
+        class Variant(InMemoryBroker):
+            async def done(self, ref):
+                try:
+                    await super().done(ref)
+                except LeaseLostError:
+                    with self._lock:
+                        q = self._queues.get(ref.queue)
+                        if q is not None and ref.task_id in q.tasks:
+                            self._remove(q, q.tasks[ref.task_id])
+                    raise
+        """,
+        "stale_lease",
+    ),
+}
+
+
+def _run(pytester: pytest.Pytester, broker_source: str, *args: str) -> pytest.RunResult:
+    pytester.makeini(_INI)
+    source = _MODULE.format(broker=textwrap.dedent(broker_source).strip())
+    pytester.makepyfile(test_variant=source)
+    return pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider", *args)
+
+
+def test_the_real_broker_passes_the_whole_suite(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, "class Variant(InMemoryBroker):\n    pass")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()
+    assert outcomes["passed"] > 80
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_broken_broker_fails_the_suite(pytester: pytest.Pytester, variant: str) -> None:
+    source, selection = VARIANTS[variant]
+    result = _run(pytester, source, "-x", "-k", selection)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 1, f"{variant} was not caught:\n{result.stdout.str()}"
