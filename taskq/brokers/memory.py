@@ -124,18 +124,16 @@ class _TimeIndex:
             self._heap = [(s, q, i) for i, (s, q) in self.members.items()]
             heapq.heapify(self._heap)
 
-    def due(self, now: int, limit: int) -> list[str]:
-        """Ids with score <= ``now``, lowest first, at most ``limit`` (not removed)."""
+    def pop_due(self, now: int, limit: int) -> list[str]:
+        """Remove and return up to ``limit`` ids with score <= ``now``, lowest first."""
         found: list[str] = []
-        seen: list[tuple[int, int, str]] = []
         heap = self._heap
+        members = self.members
         while heap and len(found) < limit and heap[0][0] <= now:
-            item = heapq.heappop(heap)
-            if self.members.get(item[2]) == item[:2]:
-                found.append(item[2])
-                seen.append(item)
-        for item in seen:
-            heapq.heappush(heap, item)
+            score, seq, task_id = heapq.heappop(heap)
+            if members.get(task_id) == (score, seq):
+                del members[task_id]
+                found.append(task_id)
         return found
 
     def ordered(self) -> list[str]:
@@ -699,7 +697,7 @@ class InMemoryBroker:
             now = self._now()
             moved = 0
             for index in (q.scheduled, q.retry):
-                for task_id in index.due(now, limit - moved):
+                for task_id in index.pop_due(now, limit - moved):
                     entry = q.tasks[task_id]
                     self._detach(q, entry)
                     self._to_ready(q, entry, now)
@@ -742,7 +740,7 @@ class InMemoryBroker:
             q = self._queues.get(queue)
             if q is None:
                 return 0
-            expired = q.completed_due.due(self._now(), limit)
+            expired = q.completed_due.pop_due(self._now(), limit)
             for task_id in expired:
                 self._remove(q, q.tasks[task_id])
             return len(expired)
