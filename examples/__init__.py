@@ -1,0 +1,1 @@
+"""Runnable examples of taskq (``make demo`` runs :mod:`examples.demo`)."""
