@@ -179,6 +179,11 @@ class Aggregator:
             smallest = min((lim.grace_ms for lim in self._limits.values()), default=0)
             interval = min(smallest or _MAX_CHECK_INTERVAL_MS, _MAX_CHECK_INTERVAL_MS)
         self._interval_ms = max(interval, _MIN_CHECK_INTERVAL_MS)
+        # Look for stale sets often enough that one is redone soon after it
+        # became stale, without scanning every check.
+        self._reclaim_every_ms = max(
+            self._interval_ms, min(_RECLAIM_EVERY_MS, self._reclaim_after_ms // 2)
+        )
 
     @staticmethod
     def _merge(base: _Limits, override: GroupLimits | None) -> _Limits:
@@ -207,13 +212,14 @@ class Aggregator:
         """Check and aggregate groups until ``stop`` is set.
 
         Stale sets (left by a crashed server or a failed aggregation) are
-        returned to their groups at start-up and every 30 s after.
+        returned to their groups at start-up and then every
+        ``group_reclaim_after / 2`` (at most every 30 s).
         """
         next_reclaim = 0
         while not stop.is_set():
             if self._clock.now_ms() >= next_reclaim:
                 await self.reclaim_stale()
-                next_reclaim = self._clock.now_ms() + _RECLAIM_EVERY_MS
+                next_reclaim = self._clock.now_ms() + self._reclaim_every_ms
             await self.check_once(stop)
             if stop.is_set():
                 break
