@@ -152,11 +152,13 @@ def _rich_table(
 
 
 def print_kv(pairs: Sequence[tuple[str, object]], *, stream: TextIO | None = None) -> None:
-    """Print ``key: value`` lines with the values aligned."""
+    """Print ``key: value`` lines with the values aligned (continuation lines indented)."""
     out = stream or sys.stdout
     width = max((len(k) for k, _ in pairs), default=0)
+    indent = "\n" + " " * (width + 2)
     for key, value in pairs:
-        out.write(f"{(key + ':').ljust(width + 1)} {value}\n")
+        text = indent.join(str(value).rstrip("\n").splitlines() or [""])
+        out.write(f"{(key + ':').ljust(width + 1)} {text}\n")
 
 
 def fmt_time(value: datetime | None) -> str:

@@ -15,6 +15,7 @@ from taskq.cli._output import (
     fmt_duration,
     fmt_time,
     print_json,
+    print_kv,
     print_table,
     short_payload,
 )
@@ -137,6 +138,16 @@ def test_rich_tables_show_every_cell_even_when_piped() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["ID", "STATE"]
     assert lines[2].split() == [long_id, "pending"]
+
+
+def test_key_values_align_and_indent_multi_line_values() -> None:
+    out = io.StringIO()
+    print_kv([("ID", "t1"), ("Last error", "boom\n  at line 3\n")], stream=out)
+    assert out.getvalue().splitlines() == [
+        "ID:         t1",
+        "Last error: boom",
+        "              at line 3",
+    ]
 
 
 def test_empty_tables_print_their_message() -> None:
