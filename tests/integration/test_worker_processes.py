@@ -1,0 +1,312 @@
+"""`taskq worker` in real processes on brokers shared between processes (SQLite, Redis).
+
+Crash (kill -9) recovery, graceful and forced SIGTERM, SIGTSTP, the
+``--processes`` supervisor, and the command line itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+import taskq
+from taskq.task import TaskState
+
+ROOT = Path(__file__).resolve().parents[2]
+KEEP = timedelta(minutes=10)  # retention: finished tasks stay visible as completed
+APP = "tests.integration._worker_app:mux"
+
+
+def _redis_available() -> bool:
+    try:
+        from taskq.brokers.redis import RedisBroker  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'taskq.db'}"
+    if not _redis_available():
+        pytest.skip("the Redis broker is not part of this installation yet")
+    server = request.getfixturevalue("redis_server")
+    return str(server.url)
+
+
+@dataclass
+class Attempt:
+    event: str
+    task_id: str
+    pid: int
+    at: float
+
+
+class Harness:
+    """Starts workers on one broker and reads what their handlers logged."""
+
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.url = url
+        self.queue = f"q{uuid.uuid4().hex[:10]}"
+        self.log = tmp_path / "attempts.log"
+        self.log.touch()
+        self.client = taskq.Client(url)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.stderr_files: list[Path] = []
+        self._tmp = tmp_path
+
+    def enqueue(self, seconds: float, *, count: int = 1, **options: object) -> list[str]:
+        payload = json.dumps({"seconds": seconds}).encode()
+        return [
+            self.client.enqueue(taskq.Task("sleep", payload), queue=self.queue, **options).id
+            for _ in range(count)
+        ]
+
+    def start(self, *args: str, app: str = APP) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, TASKQ_BROKER=self.url, TASKQ_TEST_LOG=str(self.log))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        stderr = self._tmp / f"worker-{len(self.workers)}.err"
+        argv = [sys.executable, "-m", "taskq.cli.worker", app, "--queue", f"{self.queue}=1"]
+        with stderr.open("wb") as err:
+            proc = subprocess.Popen([*argv, *args], env=env, stderr=err, cwd=self._tmp)
+        self.workers.append(proc)
+        self.stderr_files.append(stderr)
+        return proc
+
+    def attempts(self) -> list[Attempt]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            event, task_id, pid, at = line.split()
+            out.append(Attempt(event, task_id, int(pid), float(at)))
+        return out
+
+    def ended(self) -> set[str]:
+        return {a.task_id for a in self.attempts() if a.event == "end"}
+
+    def starts_of(self, task_id: str) -> list[Attempt]:
+        return [a for a in self.attempts() if a.event == "start" and a.task_id == task_id]
+
+    def state(self, task_id: str) -> TaskState:
+        return self.client.get_task_info(self.queue, task_id).state
+
+    def info(self, task_id: str) -> taskq.TaskInfo:
+        return self.client.get_task_info(self.queue, task_id)
+
+    def stderr(self, index: int = 0) -> str:
+        return self.stderr_files[index].read_text(errors="replace")
+
+    def close(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        self.client.close()
+
+
+@pytest.fixture
+def harness(broker_url: str, tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(broker_url, tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_a_worker_killed_mid_task_loses_nothing_and_only_in_flight_tasks_run_again(
+    harness: Harness,
+) -> None:
+    ids = harness.enqueue(0.3, count=24, retention=KEEP, max_retry=5)
+    first = harness.start("--concurrency", "4", "--lease", "3")
+    wait_for(lambda: len(harness.ended()) >= 6, 20, "some tasks to finish")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    killed_at = time.time()
+    before = harness.attempts()
+    started_before = {a.task_id for a in before if a.event == "start"}
+    ended_before = {a.task_id for a in before if a.event == "end"}
+    # In flight at the kill: started and not finished, or finished so recently
+    # that the acknowledgement may not have reached the broker.
+    recent = {a.task_id for a in before if a.event == "end" and a.at > killed_at - 0.3}
+    in_flight = (started_before - ended_before) | recent
+    assert started_before - ended_before, "the kill must catch tasks mid-run"
+
+    harness.start("--concurrency", "4", "--lease", "3")
+    wait_for(lambda: harness.ended() >= set(ids), 40, "every task to finish")
+
+    for task_id in ids:
+        starts = harness.starts_of(task_id)
+        if task_id in in_flight:
+            assert 1 <= len(starts) <= 2
+        else:
+            assert len(starts) == 1, f"{task_id} ran {len(starts)} times"
+    for task_id in started_before - ended_before:
+        again = [a for a in harness.starts_of(task_id) if a.at > killed_at]
+        assert again and again[0].at - killed_at < 10, "re-run within 10 s of the kill"
+        assert harness.info(task_id).last_error == "lease expired: worker presumed dead"
+    wait_for(lambda: all(harness.state(i) is TaskState.COMPLETED for i in ids), 10, "all completed")
+
+
+def test_sigterm_lets_running_tasks_finish_and_exits_zero(harness: Harness) -> None:
+    ids = harness.enqueue(1.0, count=3, retention=KEEP)
+    worker = harness.start("--concurrency", "3", "--shutdown-timeout", "10")
+    wait_for(lambda: len([a for a in harness.attempts() if a.event == "start"]) == 3, 20, "starts")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert harness.ended() == set(ids)
+    assert all(harness.state(i) is TaskState.COMPLETED for i in ids)
+
+
+def test_sigterm_requeues_tasks_outlasting_the_shutdown_timeout_without_spending_a_retry(
+    harness: Harness,
+) -> None:
+    (task_id,) = harness.enqueue(60.0, max_retry=3)
+    worker = harness.start("--shutdown-timeout", "0.5")
+    wait_for(lambda: harness.starts_of(task_id), 20, "the task to start")
+    began = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert time.monotonic() - began < 5
+    info = harness.info(task_id)
+    assert info.state is TaskState.PENDING
+    assert info.retried == 0
+
+
+def test_a_second_sigterm_requeues_running_tasks_at_once(harness: Harness) -> None:
+    (task_id,) = harness.enqueue(60.0)
+    worker = harness.start("--shutdown-timeout", "60")
+    wait_for(lambda: harness.starts_of(task_id), 20, "the task to start")
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert worker.poll() is None, "the first SIGTERM waits for the running task"
+    began = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert time.monotonic() - began < 5
+    assert harness.state(task_id) is TaskState.PENDING
+
+
+def test_sigtstp_stops_fetching_but_keeps_running_tasks(harness: Harness) -> None:
+    (first,) = harness.enqueue(1.0, retention=KEEP)
+    worker = harness.start()
+    wait_for(lambda: harness.starts_of(first), 20, "the first task to start")
+    worker.send_signal(signal.SIGTSTP)
+    time.sleep(0.3)
+    (second,) = harness.enqueue(0.0)
+    wait_for(lambda: first in harness.ended(), 10, "the running task to finish")
+    time.sleep(0.5)
+    assert worker.poll() is None
+    assert harness.starts_of(second) == []
+    assert harness.state(second) is TaskState.PENDING
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+
+
+def test_the_supervisor_restarts_a_worker_that_dies_and_stops_all_on_sigterm(
+    harness: Harness,
+) -> None:
+    supervisor = harness.start("--processes", "2", "--lease", "3")
+
+    def worker_pids() -> set[int]:
+        return _server_pids(harness.url, harness.queue)
+
+    wait_for(lambda: len(worker_pids()) == 2, 30, "two workers")
+    victim = sorted(worker_pids())[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: len(pids := worker_pids() - {victim}) == 2 and victim not in pids,
+        30,
+        "a replacement worker",
+    )
+    ids = harness.enqueue(0.0, count=4, retention=KEEP)
+    wait_for(lambda: harness.ended() >= set(ids), 20, "tasks run by the supervised workers")
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(20) == 0
+
+
+def _server_pids(url: str, queue: str) -> set[int]:
+    """Pids of the live worker servers serving ``queue`` (from their heartbeats)."""
+
+    async def pids() -> set[int]:
+        broker = taskq.connect(url)
+        try:
+            servers = await broker.servers()
+        finally:
+            await broker.close()
+        return {s.pid for s in servers if queue in s.queues}
+
+    return asyncio.run(pids())
+
+
+def test_start_up_log_names_broker_queues_and_concurrency(harness: Harness) -> None:
+    worker = harness.start("--concurrency", "3")
+    wait_for(lambda: "started" in harness.stderr(), 20, "the start-up line")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    line = next(x for x in harness.stderr().splitlines() if "started" in x)
+    assert f"queues={harness.queue}=1" in line and "concurrency=3" in line
+    assert "broker=" in line
+
+
+def test_a_password_in_the_broker_url_never_reaches_the_output(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TASKQ_BROKER", None)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taskq.cli.worker",
+            APP,
+            "--broker",
+            "redis://user:s3cr3tpw@127.0.0.1:1/0",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert b"s3cr3tpw" not in output
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_colon", "module.path:attribute"),
+        ("no.such.module:mux", "cannot import"),
+        ("tests.integration._worker_app:missing", "has no attribute"),
+        ("tests.integration._worker_app:json", "not a taskq.ServeMux"),
+    ],
+)
+def test_a_bad_app_spec_is_a_usage_error(spec: str, message: str, tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TASKQ_BROKER="memory://")
+    result = subprocess.run(
+        [sys.executable, "-m", "taskq.cli.worker", spec],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr.decode()
