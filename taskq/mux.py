@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, overload
 
+from taskq._time import ms_to_dt
 from taskq.errors import (
     HandlerError,
     HandlerNotFoundError,
@@ -100,27 +101,24 @@ class Context:
         queue: the queue it was taken from.
         retry_count: failed attempts before this one.
         max_retry: how many retries the task may spend.
-        deadline: when this attempt is cut off (the earlier of its timeout and
-            its deadline), or None.
         headers: the task's str -> str headers.
-        enqueued_at: when the task was enqueued, or None if unknown.
-        started_at: broker time of the dequeue, or None outside a server.
     """
 
     __slots__ = (
         "_cancel_reason",
+        "_deadline",
+        "_enqueued_at",
         "_loop",
+        "_ms",
         "_pending_writes",
         "_result",
+        "_started_at",
         "_task_handle",
         "_writer",
-        "deadline",
-        "enqueued_at",
         "headers",
         "max_retry",
         "queue",
         "retry_count",
-        "started_at",
         "task_id",
     )
 
@@ -149,10 +147,13 @@ class Context:
         self.queue = queue
         self.retry_count = retry_count
         self.max_retry = max_retry
-        self.deadline = deadline
+        self._deadline = deadline
         self.headers: Mapping[str, str] = headers if headers is not None else {}
-        self.enqueued_at = enqueued_at
-        self.started_at = started_at
+        self._enqueued_at = enqueued_at
+        self._started_at = started_at
+        # The runtime hands over epoch ms (deadline, enqueued, started) and the
+        # datetimes are built only if a handler asks: most never do.
+        self._ms: tuple[int, int, int] | None = None
         self._writer = result_writer
         self._loop = loop
         self._cancel_reason: str | None = None
@@ -162,6 +163,36 @@ class Context:
 
     def __repr__(self) -> str:
         return f"Context(task_id={self.task_id!r}, queue={self.queue!r}, retry={self.retry_count})"
+
+    def _times(self) -> None:
+        ms = self._ms
+        if ms is not None:
+            self._ms = None
+            deadline, enqueued, started = ms
+            self._deadline = ms_to_dt(deadline) if deadline else None
+            self._enqueued_at = ms_to_dt(enqueued) if enqueued else None
+            self._started_at = ms_to_dt(started) if started else None
+
+    @property
+    def deadline(self) -> datetime | None:
+        """When this attempt is cut off (the earlier of its timeout and deadline), or None."""
+        if self._ms is not None:
+            self._times()
+        return self._deadline
+
+    @property
+    def enqueued_at(self) -> datetime | None:
+        """When the task was enqueued, or None if unknown."""
+        if self._ms is not None:
+            self._times()
+        return self._enqueued_at
+
+    @property
+    def started_at(self) -> datetime | None:
+        """Broker time of the dequeue (so wait time needs no clock sync), or None."""
+        if self._ms is not None:
+            self._times()
+        return self._started_at
 
     @property
     def cancelled(self) -> bool:

@@ -59,12 +59,15 @@ _TRANSITION_ATTEMPTS = 5
 class _Job:
     """One attempt in flight: from dequeue until its final transition landed."""
 
-    __slots__ = ("ctx", "delivery", "ref", "running", "settled", "task", "timer")
+    __slots__ = ("ctx", "delivery", "limit", "ref", "running", "settled", "task", "timer")
 
-    def __init__(self, delivery: Delivery, ctx: Context, task: Task | None) -> None:
+    def __init__(
+        self, delivery: Delivery, ref: LeaseRef, ctx: Context, task: Task | None, limit: int
+    ) -> None:
         self.delivery = delivery
-        self.ref = delivery.ref
+        self.ref = ref
         self.ctx = ctx
+        self.limit = limit  # epoch ms when the attempt is cut off (0: never)
         self.task = task
         self.settled = False  # an outcome was decided; later ones are ignored
         self.running = True  # the handler still holds its concurrency slot
@@ -161,14 +164,13 @@ class Processor:
             if job.settled:
                 continue
             msg = job.delivery.message
-            deadline = job.ctx.deadline
             out.append(
                 WorkerInfo(
                     task_id=msg.id,
                     task_type=msg.type,
                     queue=msg.queue,
                     started_at=job.delivery.started_at,
-                    deadline=int(deadline.timestamp() * 1000) if deadline else 0,
+                    deadline=job.limit,
                 )
             )
         return out
@@ -245,9 +247,14 @@ class Processor:
                 self._fetch = None
                 try:
                     deliveries = fetch.result()
-                except (BrokerError, OSError) as exc:
+                except Exception as exc:
                     backoff = min(max(backoff * 2, 0.1), 5.0)
-                    self._log.error("fetch failed (retrying in %.1fs): %s", backoff, exc)
+                    self._log.error(
+                        "fetch failed (retrying in %.1fs): %s",
+                        backoff,
+                        exc,
+                        exc_info=not isinstance(exc, BrokerError),
+                    )
                     await asyncio.wait({stop_waiter}, timeout=backoff)
                     continue
                 backoff = 0.0
@@ -307,24 +314,23 @@ class Processor:
         assert loop is not None
         msg = delivery.message
         limit_ms, reason = self._limit(msg)
+        ref = delivery.ref
         ctx = Context(
             task_id=msg.id,
             queue=msg.queue,
             retry_count=msg.retried,
             max_retry=msg.max_retry,
-            deadline=ms_to_dt(limit_ms) if limit_ms else None,
             headers=msg.headers,
-            enqueued_at=ms_to_dt(msg.enqueued_at) if msg.enqueued_at else None,
-            started_at=ms_to_dt(delivery.started_at),
-            result_writer=functools.partial(self._broker.write_result, delivery.ref),
+            result_writer=functools.partial(self._broker.write_result, ref),
             loop=loop,
         )
+        ctx._ms = (limit_ms, msg.enqueued_at, delivery.started_at)
         try:
             task: Task | None = msg.to_task()
             error: BaseException | None = None
         except Exception as exc:  # a stored message no Task can be built from
             task, error = None, exc
-        job = _Job(delivery, ctx, task)
+        job = _Job(delivery, ref, ctx, task, limit_ms)
         key = (msg.queue, msg.id)
         stale = self._jobs.get(key)
         if stale is not None:  # our own earlier attempt lost its lease and was re-delivered
@@ -476,20 +482,35 @@ class Processor:
 
     async def _flush_acks(self) -> None:
         """Send pending acks in batches; a new batch goes as soon as the previous one landed."""
-        backoff = 0.05
+        failures = 0
         try:
             while self._acks:
                 batch = self._acks[:_MAX_ACK_BATCH]
                 del self._acks[:_MAX_ACK_BATCH]
                 try:
                     results = await self._broker.done_many([ack for _, ack in batch])
-                except BrokerError as exc:
-                    self._log.error("acknowledging %d tasks failed: %s", len(batch), exc)
+                except Exception as exc:
+                    failures += 1
+                    unexpected = not isinstance(exc, BrokerError)
+                    if failures >= _TRANSITION_ATTEMPTS:
+                        self._log.error(
+                            "acknowledging %d tasks failed; giving up (the recoverer takes "
+                            "them over once their leases expire): %s",
+                            len(batch),
+                            exc,
+                            exc_info=unexpected,
+                        )
+                        for job, _ in batch:
+                            self._forget(job)
+                        failures = 0
+                        continue
+                    self._log.error(
+                        "acknowledging %d tasks failed: %s", len(batch), exc, exc_info=unexpected
+                    )
                     self._acks[:0] = batch  # the leases are still extended: try again
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(0.05 * 2**failures)
                     continue
-                backoff = 0.05
+                failures = 0
                 for (job, _), result in zip(batch, results, strict=False):
                     if isinstance(result, LeaseLostError):
                         self._log.warning(
@@ -623,6 +644,11 @@ class Processor:
                     )
                     return
                 await asyncio.sleep(0.05 * 2**attempt)
+            except Exception:
+                self._log.exception(
+                    "task %s in %r: storing its outcome failed unexpectedly", ref.task_id, ref.queue
+                )
+                return
 
     def _forget(self, job: _Job) -> None:
         key = (job.ref.queue, job.ref.task_id)

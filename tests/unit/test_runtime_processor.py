@@ -524,3 +524,34 @@ def test_many_tasks_are_all_acknowledged(broker: InMemoryBroker) -> None:
         wait_until(lambda: call(broker.queue_stats("default")).size == 0, timeout=20)
     assert len(done) == 2000
     assert call(broker.queue_stats("default")).processed == 2000
+
+
+def test_broker_failures_while_fetching_and_acknowledging_are_retried() -> None:
+    from taskq.errors import BrokerConnectionError
+
+    class Flaky(InMemoryBroker):
+        def __init__(self) -> None:
+            super().__init__()
+            self.failures = {"dequeue": 2, "done_many": 2}
+
+        def _fail(self, name: str) -> None:
+            if self.failures[name]:
+                self.failures[name] -= 1
+                raise BrokerConnectionError(f"{name}: connection reset")
+
+        async def dequeue(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+            self._fail("dequeue")
+            return await super().dequeue(*args, **kwargs)  # type: ignore[arg-type]
+
+        async def done_many(self, acks):  # type: ignore[no-untyped-def,override]
+            self._fail("done_many")
+            return await super().done_many(acks)
+
+    broker = Flaky()
+    mux = ServeMux()
+    mux.handle("t", lambda ctx, task: None)
+    msg = message("t", retention=60_000)
+    enqueue(broker, msg)
+    with serving(broker, mux):
+        wait_until(lambda: _state(broker, msg) is TaskState.COMPLETED, what="completion")
+    assert broker.failures == {"dequeue": 0, "done_many": 0}
