@@ -12,7 +12,7 @@ from taskq.brokers.memory import InMemoryBroker
 from taskq.client import AsyncClient, Client
 from taskq.errors import DuplicateTaskError, SkipRetry, TaskIDConflictError
 from taskq.mux import Context, ServeMux
-from taskq.task import Task, TaskState
+from taskq.task import Task, TaskMessage, TaskState
 from taskq.testing import FakeClock
 from tests.unit._runtime import serving, wait_until
 
@@ -235,3 +235,34 @@ def test_archiving_releases_the_lock_unless_configured_not_to(release: bool) -> 
     else:
         with pytest.raises(DuplicateTaskError):
             client.enqueue(Task("email", b"42"), unique=HOUR)
+
+
+async def test_deleting_all_pending_tasks_releases_their_locks(aclient: AsyncClient) -> None:
+    await aclient.enqueue(Task("email", b"1"), unique=HOUR)
+    await aclient.enqueue(Task("email", b"2"), unique=HOUR, process_in=HOUR)
+    assert await aclient.broker.delete_all("default", TaskState.PENDING) == 1
+    assert await aclient.broker.delete_all("default", TaskState.SCHEDULED) == 1
+    await aclient.enqueue(Task("email", b"1"), unique=HOUR)
+    await aclient.enqueue(Task("email", b"2"), unique=HOUR)
+
+
+async def test_archiving_by_hand_keeps_the_lock_until_its_ttl(
+    aclient: AsyncClient, clock: FakeClock
+) -> None:
+    info = await aclient.enqueue(Task("email", b"42"), unique=timedelta(seconds=30))
+    await aclient.broker.archive_task("default", info.id)
+    with pytest.raises(DuplicateTaskError):
+        await aclient.enqueue(Task("email", b"42"), unique=HOUR)
+    clock.advance(timedelta(seconds=30))
+    await aclient.enqueue(Task("email", b"42"), unique=HOUR)
+
+
+async def test_aggregating_a_group_releases_its_members_locks(
+    fake_broker: InMemoryBroker, aclient: AsyncClient
+) -> None:
+    await aclient.enqueue(Task("email", b"42"), group="user1", unique=HOUR)
+    set_id = await fake_broker.aggregation_check("default", "user1", grace_period=0)
+    assert set_id is not None
+    digest = TaskMessage(id="digest", type="digest", payload=b"", queue="default")
+    assert await fake_broker.finish_aggregation("default", "user1", set_id, digest)
+    await aclient.enqueue(Task("email", b"42"), group="user1", unique=HOUR)
