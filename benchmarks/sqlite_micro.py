@@ -3,10 +3,12 @@
 Measures, on one database file in a fresh temporary directory (on the same
 disk as ``--dir``):
 
-* enqueue/s, one task per call (one coroutine, as a web request handler does);
+* enqueue/s, one task per call: from one coroutine, and from 16 at once
+  (concurrent calls share one commit);
 * enqueue/s with ``enqueue_many`` in batches of ``--batch``;
-* drain/s of one consumer: ``dequeue`` + ``done`` per task, and batched
-  (``dequeue(count=--batch)`` + ``done_many``), the way the worker runtime fetches;
+* drain/s of one consumer: ``dequeue`` + ``done`` per task; ``dequeue(count=16)``
+  + 16 concurrent ``done`` calls; and batched (``dequeue(count=--batch)`` +
+  ``done_many``);
 * drain/s of two consumer processes on the same file (write-lock contention);
 * cross-process wake-up latency of a waiting ``dequeue`` (median and max);
 * CPU used by a consumer waiting on an idle queue.
@@ -51,6 +53,30 @@ async def _enqueue_single(broker: SQLiteBroker, n: int) -> float:
     for message in messages:
         await broker.enqueue(message)
     return n / (time.perf_counter() - started)
+
+
+async def _enqueue_concurrent(broker: SQLiteBroker, n: int, callers: int) -> float:
+    """``callers`` coroutines, each enqueuing one task per call (web handlers, say)."""
+    messages = _messages("concurrent", n)
+
+    async def caller(mine: list[TaskMessage]) -> None:
+        for message in mine:
+            await broker.enqueue(message)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(messages[i::callers]) for i in range(callers)))
+    return n / (time.perf_counter() - started)
+
+
+async def _drain_concurrent_acks(broker: SQLiteBroker, count: int) -> float:
+    """Fetch ``count`` at a time, then ack each with its own ``done`` call, concurrently
+    (as a worker with ``count`` handlers finishing at the same moment does)."""
+    done = 0
+    started = time.perf_counter()
+    while deliveries := await broker.dequeue([QUEUE], count=count, lease=60_000):
+        await asyncio.gather(*(broker.done(d.ref) for d in deliveries))
+        done += len(deliveries)
+    return done / (time.perf_counter() - started)
 
 
 async def _enqueue_batched(broker: SQLiteBroker, n: int, batch: int) -> float:
@@ -145,6 +171,14 @@ async def run(
     log(f"enqueue, one per call:          {results['enqueue_single_per_s']:>9,.0f} /s")
     _, results["drain_single_per_s"] = await _drain(broker, 1)
     log(f"dequeue + done, one per call:   {results['drain_single_per_s']:>9,.0f} /s")
+    await broker.close()
+
+    broker = SQLiteBroker(fresh("concurrent"))
+    await broker.ping()
+    results["enqueue_16_callers_per_s"] = await _enqueue_concurrent(broker, single_n, 16)
+    log(f"enqueue, one per call, 16 callers: {results['enqueue_16_callers_per_s']:>6,.0f} /s")
+    results["drain_16_concurrent_done_per_s"] = await _drain_concurrent_acks(broker, 16)
+    log(f"dequeue 16 + 16 concurrent done: {results['drain_16_concurrent_done_per_s']:>8,.0f} /s")
     await broker.close()
 
     full = SQLiteBroker(fresh("full"), synchronous="FULL")

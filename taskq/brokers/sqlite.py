@@ -53,6 +53,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import date, timedelta
 from typing import Any, Final, TypeVar
@@ -112,6 +113,7 @@ _DAY_MS = 86_400_000
 _CANCELED = "canceled"
 _CANCELLATION_KEEP_MS = 3_600_000
 _MAX_PARAMS = 500
+_BATCH_CHUNK = 1000
 _MIN_SQLITE = (3, 24, 0)
 
 _PENDING = TaskState.PENDING.value
@@ -392,6 +394,7 @@ class _Store:
         # and whether it requested a cancellation: the thread wakes local waiters.
         self.woken_queues: set[str] = set()
         self.cancel_woken = False
+        self._in_group = False
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise BrokerError(
                 f"the SQLite broker needs SQLite >= {'.'.join(map(str, _MIN_SQLITE))}, "
@@ -425,9 +428,9 @@ class _Store:
 
     def _configure(self, synchronous: str) -> None:
         conn = self.conn
-        # Our own retry loop handles contention; SQLite's handler only covers
-        # the rare busy read (e.g. while another process recovers the WAL).
-        conn.execute("PRAGMA busy_timeout = 100")
+        # Every statement that can meet a lock runs under _retrying, whose
+        # sleeps stay short; SQLite's own handler backs off up to 100 ms.
+        conn.execute("PRAGMA busy_timeout = 0")
         if self.path != ":memory:":
             mode = self._retrying(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone())
             if str(mode[0]).lower() != "wal":
@@ -486,8 +489,23 @@ class _Store:
         return True
 
     def _write(self, fn: Callable[[int], _T]) -> _T:
-        """Run ``fn(now)`` in one write transaction; nothing of it stays if it raises."""
+        """Run ``fn(now)`` in one write transaction; nothing of it stays if it raises.
+
+        Inside a group (see :meth:`begin_group`) it runs in a savepoint of the
+        group's transaction instead.
+        """
         conn = self.conn
+        if self._in_group:
+            conn.execute("SAVEPOINT job")
+            try:
+                result = fn(self._clock.now_ms())
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                raise
+            conn.execute("RELEASE job")
+            return result
         self._retrying(lambda: conn.execute("BEGIN IMMEDIATE"))
         try:
             result = fn(self._clock.now_ms())
@@ -503,6 +521,8 @@ class _Store:
     def _read(self, fn: Callable[[int], _T]) -> _T:
         """Run ``fn(now)`` on one consistent snapshot."""
         conn = self.conn
+        if self._in_group:
+            return fn(self._clock.now_ms())
 
         def attempt() -> _T:
             conn.execute("BEGIN")
@@ -512,6 +532,26 @@ class _Store:
                 conn.execute("COMMIT")
 
         return self._retrying(attempt)
+
+    def begin_group(self) -> None:
+        """Start one transaction for several jobs (group commit): each job's
+        :meth:`_write` becomes a savepoint, so each stays atomic on its own."""
+        self._retrying(lambda: self.conn.execute("BEGIN IMMEDIATE"))
+        self._in_group = True
+
+    def end_group(self, *, commit: bool) -> None:
+        """Commit (or roll back) the group's transaction."""
+        self._in_group = False
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT" if commit else "ROLLBACK")
+        if not commit:
+            self.woken_queues.clear()
+            self.cancel_woken = False
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (false after SQLite aborted one on its own)."""
+        return self.conn.in_transaction
 
     def close(self) -> None:
         self.conn.close()
@@ -657,18 +697,24 @@ class _Store:
         return TaskState(self._write(lambda now: self._store(message, process_at, unique_ttl, now)))
 
     def store_many(self, requests: Sequence[EnqueueRequest]) -> list[TaskState | Exception]:
-        def op(now: int) -> list[TaskState | Exception]:
-            out: list[TaskState | Exception] = []
-            for req in requests:
-                try:
-                    out.append(
-                        TaskState(self._store(req.message, req.process_at, req.unique_ttl, now))
-                    )
-                except (TaskIDConflictError, DuplicateTaskError) as exc:
-                    out.append(exc)
-            return out
+        out: list[TaskState | Exception] = []
+        # One transaction per chunk keeps a huge batch from holding the write lock for long.
+        for chunk in _chunks(requests, _BATCH_CHUNK):
+            out += self._write(functools.partial(self._store_chunk, chunk))
+        return out
 
-        return self._write(op)
+    def _store_chunk(
+        self, requests: Sequence[EnqueueRequest], now: int
+    ) -> list[TaskState | Exception]:
+        out: list[TaskState | Exception] = []
+        for req in requests:
+            try:
+                state = self._store(req.message, req.process_at, req.unique_ttl, now)
+            except (TaskIDConflictError, DuplicateTaskError) as exc:
+                out.append(exc)
+            else:
+                out.append(TaskState(state))
+        return out
 
     # ------------------------------------------------------------ consuming
 
@@ -1430,7 +1476,12 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+_INHERITED: list[Any] = []
+"""Broker threads' objects inherited through ``fork()``: never closed by the child."""
+
 _Job = tuple["concurrent.futures.Future[Any]", "Callable[[_Store], Any] | None"]
+_Outcome = tuple[bool, Any]
+_GROUP_MAX = 64
 
 
 class _Worker:
@@ -1507,12 +1558,18 @@ class _Worker:
             except queue_module.Empty:
                 pass
             else:
-                future, fn = job
-                if fn is None:
+                batch = [job]
+                while len(batch) < _GROUP_MAX and batch[-1][1] is not None:
+                    try:
+                        batch.append(self._jobs.get_nowait())
+                    except queue_module.Empty:
+                        break
+                stop = batch.pop() if batch[-1][1] is None else None
+                self._run(batch)
+                if stop is not None:
                     self._close()
-                    future.set_result(None)
+                    stop[0].set_result(None)
                     return
-                self._execute(future, fn)
             store = self._store
             now = time.monotonic()
             if store is not None and self._waiters and now - last_check >= self._watch_interval:
@@ -1523,21 +1580,68 @@ class _Worker:
                 except sqlite3.Error as exc:
                     _log.debug("SQLite broker change check failed: %s", exc)
 
-    def _execute(self, future: concurrent.futures.Future[Any], fn: Callable[[_Store], Any]) -> None:
-        if not future.set_running_or_notify_cancel():
+    def _outcome(self, store: _Store, fn: Callable[[_Store], Any]) -> _Outcome:
+        try:
+            return True, fn(store)
+        except sqlite3.Error as exc:
+            return False, _translate(exc, self._path)
+        except BaseException as exc:
+            return False, exc
+
+    def _run(self, batch: list[_Job]) -> None:
+        """Run queued jobs; several at once share one transaction (group commit).
+
+        Each job is atomic on its own (a savepoint), and its caller learns the
+        outcome only once the shared transaction committed.
+        """
+        jobs = [(f, fn) for f, fn in batch if fn is not None and f.set_running_or_notify_cancel()]
+        if not jobs:
             return
         try:
             if self._store is None:
                 self._store = self._open_store()
-            result = fn(self._store)
+            store = self._store
+            if len(jobs) > 1:
+                store.begin_group()
         except sqlite3.Error as exc:
-            future.set_exception(_translate(exc, self._path))
+            for future, _ in jobs:
+                future.set_exception(_translate(exc, self._path))
+            return
         except BaseException as exc:
-            future.set_exception(exc)
+            for future, _ in jobs:
+                future.set_exception(exc)
+            return
+        if len(jobs) == 1:
+            outcomes = [self._outcome(store, jobs[0][1])]
         else:
-            future.set_result(result)
-        if self._store is not None:
-            self._wake_local(self._store)
+            outcomes = self._run_group(store, jobs)
+        for (future, _), (ok, value) in zip(jobs, outcomes, strict=True):
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        self._wake_local(store)
+
+    def _run_group(self, store: _Store, jobs: list[tuple[Any, Any]]) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
+        for index, (_, fn) in enumerate(jobs):
+            outcomes.append(self._outcome(store, fn))
+            if not store.in_transaction:
+                # SQLite aborted the whole transaction (e.g. disk full): the
+                # jobs before lost their effect; the rest run one by one.
+                store.end_group(commit=False)
+                lost = BrokerError(f"SQLite broker {self._path!r}: transaction rolled back")
+                outcomes = [(False, lost) if ok else (ok, v) for ok, v in outcomes]
+                outcomes += [self._outcome(store, fn) for _, fn in jobs[index + 1 :]]
+                return outcomes
+        try:
+            store.end_group(commit=True)
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                store.end_group(commit=False)
+            error = _translate(exc, self._path)
+            outcomes = [(False, error) if ok else (ok, v) for ok, v in outcomes]
+        return outcomes
 
     def _close(self) -> None:
         if self._store is not None:
@@ -1643,6 +1747,7 @@ class SQLiteBroker:
         self._watch_interval = watch_interval / 1000
         self._lock = threading.Lock()
         self._worker: _Worker | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         self._pid = os.getpid()
 
     @classmethod
@@ -1694,11 +1799,6 @@ class SQLiteBroker:
 
     # ------------------------------------------------------------ plumbing
 
-    def _open_store(self) -> _Store:
-        return _Store(
-            self._path, self._clock, busy_timeout=self._busy_timeout, synchronous=self._synchronous
-        )
-
     def _worker_for_call(self) -> _Worker:
         """The broker thread, started on first use (again after close or in a forked child)."""
         worker = self._worker
@@ -1706,12 +1806,29 @@ class SQLiteBroker:
             return worker
         with self._lock:
             if self._worker is None or self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._worker = _Worker(self._path, self._open_store, self._watch_interval)
+                if self._pid != os.getpid():
+                    # A forked child must never close the parent's connection:
+                    # keep the inherited objects alive and start afresh.
+                    _INHERITED.append(self._worker)
+                    self._pid = os.getpid()
+                open_store = functools.partial(
+                    _Store,
+                    self._path,
+                    self._clock,
+                    busy_timeout=self._busy_timeout,
+                    synchronous=self._synchronous,
+                )
+                worker = self._worker = _Worker(self._path, open_store, self._watch_interval)
+                # A broker dropped without close() still stops its thread.
+                self._finalizer = weakref.finalize(self, worker.stop)
             return self._worker
 
     async def _call(self, fn: Callable[[_Store], _T]) -> _T:
-        return await asyncio.wrap_future(self._worker_for_call().submit(fn))
+        try:
+            future = self._worker_for_call().submit(fn)
+        except ServerClosedError:  # close() ran in another thread just now
+            future = self._worker_for_call().submit(fn)
+        return await asyncio.wrap_future(future)
 
     # ------------------------------------------------------------ producing
 
@@ -1773,7 +1890,10 @@ class SQLiteBroker:
             # Registered before looking, so an arrival during the look is not missed.
             waiter = worker.add_waiter(wanted) if wait > 0 else None
             try:
-                got = await self._dequeue_once(worker, names, count, lease)
+                try:
+                    got = await self._dequeue_once(worker, names, count, lease)
+                except ServerClosedError:
+                    return []  # closed by another thread between our steps
                 remaining = deadline - loop.time()
                 if got or waiter is None or remaining <= 0:
                     return got
@@ -1800,7 +1920,8 @@ class SQLiteBroker:
                 if done.cancelled() or done.exception() is not None or not done.result():
                     return
                 lost = done.result()
-                worker.submit(lambda s: s.requeue_lost(lost))
+                with contextlib.suppress(ServerClosedError):  # then the leases expire instead
+                    worker.submit(lambda s: s.requeue_lost(lost))
 
             future.add_done_callback(give_back)
             raise
@@ -2144,5 +2265,11 @@ class SQLiteBroker:
         """
         with self._lock:
             worker, self._worker = self._worker, None
-        if worker is not None and self._pid == os.getpid():
+            finalizer, self._finalizer = self._finalizer, None
+            if worker is not None and self._pid != os.getpid():
+                _INHERITED.append(worker)
+                worker = None
+        if finalizer is not None:
+            finalizer.detach()
+        if worker is not None:
             await asyncio.wrap_future(worker.stop())

@@ -12,12 +12,18 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import taskq
 from taskq.brokers.sqlite import SQLiteBroker
-from taskq.errors import BrokerTimeoutError, InvalidArgumentError
+from taskq.errors import (
+    BrokerTimeoutError,
+    InvalidArgumentError,
+    TaskIDConflictError,
+    TaskStateError,
+)
 from taskq.task import TaskMessage, TaskState
 from taskq.testing import BrokerConformance, FakeClock
 from taskq.testing.conformance import CorruptDropLease
@@ -281,3 +287,37 @@ async def test_a_dequeue_cancelled_mid_transaction_puts_its_tasks_back(
     pending = await broker.list_tasks(QUEUE, TaskState.PENDING)
     assert [t.id for t in pending] == ["first", "second"]
     await broker.close()
+
+
+async def test_queued_calls_share_one_commit_yet_each_stays_atomic(broker: SQLiteBroker) -> None:
+    await broker.ping()
+    statements: list[str] = []
+    await broker._call(lambda s: s.conn.set_trace_callback(statements.append))
+    gate = threading.Event()
+    held = asyncio.ensure_future(broker._call(lambda s: gate.wait(10)))
+
+    def write_then_fail(store: Any) -> None:
+        def op(now: int) -> None:
+            store.conn.execute("INSERT INTO queues (name) VALUES ('half-done')")
+            raise TaskStateError("refused after writing")
+
+        store._write(op)
+
+    calls = [broker.enqueue(_message(f"before-{n}")) for n in range(10)]
+    calls.append(broker._call(write_then_fail))
+    calls += [broker.enqueue(_message(f"after-{n}")) for n in range(10)]
+    calls.append(broker.enqueue(_message("before-0")))  # an id conflict
+    pending = asyncio.gather(*calls, return_exceptions=True)
+    await asyncio.sleep(0.05)  # every call is now queued behind the gate
+    gate.set()
+    results = await pending
+    await held
+    await broker._call(lambda s: s.conn.set_trace_callback(None))
+
+    assert results[:10] == [TaskState.PENDING] * 10
+    assert isinstance(results[10], TaskStateError)
+    assert results[11:21] == [TaskState.PENDING] * 10
+    assert isinstance(results[21], TaskIDConflictError)
+    assert await broker.queues() == [QUEUE]
+    assert (await broker.queue_stats(QUEUE)).pending == 20
+    assert statements.count("COMMIT") < 5, statements
