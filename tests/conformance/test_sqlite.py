@@ -7,6 +7,8 @@ latency from another process) is in ``tests/integration/test_sqlite_processes.py
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import sqlite3
 import threading
 import time
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 import taskq
+from taskq.brokers.base import EnqueueRequest
 from taskq.brokers.sqlite import SQLiteBroker
 from taskq.errors import (
     BrokerTimeoutError,
@@ -321,3 +324,59 @@ async def test_queued_calls_share_one_commit_yet_each_stays_atomic(broker: SQLit
     assert await broker.queues() == [QUEUE]
     assert (await broker.queue_stats(QUEUE)).pending == 20
     assert statements.count("COMMIT") < 5, statements
+
+
+async def test_enqueue_many_beyond_one_transaction_chunk_reports_every_item_in_order(
+    broker: SQLiteBroker,
+) -> None:
+    ids = [f"many-{n}" for n in range(2_500)]
+    ids[5] = ids[4]
+    ids[1_500] = ids[1_499]  # a conflict just past the first chunk of 1,000
+    results = await broker.enqueue_many([EnqueueRequest(_message(i)) for i in ids])
+    conflicts = [n for n, r in enumerate(results) if isinstance(r, TaskIDConflictError)]
+    assert conflicts == [5, 1_500]
+    assert results.count(TaskState.PENDING) == 2_498
+    assert (await broker.queue_stats(QUEUE)).pending == 2_498
+
+
+def _broker_threads() -> int:
+    return sum(t.name == "taskq-sqlite" for t in threading.enumerate())
+
+
+async def test_a_broker_dropped_without_close_stops_its_thread(db_path: Path) -> None:
+    before = _broker_threads()
+
+    async def use_and_forget() -> None:
+        await SQLiteBroker(str(db_path)).ping()
+
+    await use_and_forget()
+    gc.collect()
+    for _ in range(200):
+        if _broker_threads() == before:
+            break
+        await asyncio.sleep(0.01)
+    assert _broker_threads() == before
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() with threads (3.12+)
+async def test_a_forked_child_opens_its_own_connection(broker: SQLiteBroker) -> None:
+    await broker.enqueue(_message("from-parent"))
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            # A fresh thread: the parent's running loop is still marked in this one.
+            child = threading.Thread(
+                target=lambda: asyncio.run(broker.enqueue(_message("from-child")))
+            )
+            child.start()
+            child.join(30)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = await asyncio.get_running_loop().run_in_executor(None, os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    await broker.enqueue(_message("parent-again"))
+    pending = await broker.list_tasks(QUEUE, TaskState.PENDING)
+    assert [t.id for t in pending] == ["from-parent", "from-child", "parent-again"]
