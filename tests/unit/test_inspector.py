@@ -606,13 +606,28 @@ async def test_scheduler_entries_and_history_are_read_back(
         await insp.scheduler_history("")
 
 
-async def test_cluster_location_needs_a_cluster_broker(
-    broker: Broker, insp: AsyncInspector
-) -> None:
-    if isinstance(broker, taskq.brokers.base.ClusterAdmin):
-        pytest.skip("this broker exposes cluster_info; covered by the cluster tests")
-    with pytest.raises(BrokerError, match="cluster"):
+async def test_cluster_location_needs_a_cluster_broker(insp: AsyncInspector) -> None:
+    with pytest.raises(BrokerError, match=r"(?i)cluster"):
         await insp.cluster_location("q")
+
+
+@pytest.mark.redis
+async def test_cluster_location_names_the_slot_and_nodes_of_a_queue(
+    request: pytest.FixtureRequest,
+) -> None:
+    pytest.importorskip("taskq.brokers.redis")
+    from redis.crc import key_slot
+
+    cluster = request.getfixturevalue("redis_cluster")
+    async with AsyncInspector(cluster.url) as insp:
+        await insp.broker.enqueue(msg("p1", "clq"))
+        location = await insp.cluster_location("clq")
+        assert location.queue == "clq"
+        assert location.slot == key_slot(b"{clq}")
+        assert await insp.cluster_key_slot("clq") == location.slot
+        assert location.nodes
+        node_ports = {str(port) for port in cluster.ports}
+        assert {n.rsplit(":", 1)[1] for n in location.nodes} <= node_ports
 
 
 async def test_cluster_location_uses_the_brokers_cluster_info(
