@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "Broker": "taskq.brokers.base",
     "connect": "taskq.brokers.registry",
     "InMemoryBroker": "taskq.brokers.memory",
+    "SQLiteBroker": "taskq.brokers.sqlite",
     # client
     "AsyncClient": "taskq.client",
     "Client": "taskq.client",
@@ -80,6 +81,7 @@ if TYPE_CHECKING:
     from taskq.brokers.base import Broker
     from taskq.brokers.memory import InMemoryBroker
     from taskq.brokers.registry import connect
+    from taskq.brokers.sqlite import SQLiteBroker
     from taskq.client import AsyncClient, Client
     from taskq.errors import (
         BrokerConnectionError,
