@@ -1,0 +1,1264 @@
+"""RedisBroker: the whole Broker protocol on Redis (standalone, Sentinel or Cluster).
+
+Every state transition is one Lua script (``scripts/*.lua``) run with EVALSHA
+on the keys of one queue, all under the queue's ``{<queue>}`` hash tag (see
+:mod:`taskq.brokers.redis.keys` and ``docs/redis.md``). Batches (enqueue many,
+dequeue many, ack many, extend many) are one script call per queue, and calls
+for several queues are pipelined into one round trip.
+
+A consumer waiting on empty queues blocks (BLPOP) on the queues' ``notify``
+lists, which every transition into ``pending`` pushes to, so it wakes within
+a round trip of an enqueue instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import date, timedelta
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+from redis.crc import key_slot
+
+from taskq._time import Clock
+from taskq.brokers.base import (
+    Ack,
+    ClusterSlotInfo,
+    DailyStats,
+    Delivery,
+    EnqueueRequest,
+    GroupInfo,
+    LeaseRef,
+    QueueStats,
+    SchedulerEntryInfo,
+    SchedulerEvent,
+    ServerInfo,
+    WorkerInfo,
+)
+from taskq.brokers.redis.client import (
+    AsyncRedis,
+    Connector,
+    connector_from_client,
+    connector_from_url,
+    translate_error,
+)
+from taskq.brokers.redis.keys import DEFAULT_PREFIX, FleetKeys, QueueKeys
+from taskq.brokers.redis.scripts import Script, load_scripts
+from taskq.errors import (
+    BrokerError,
+    BrokerTimeoutError,
+    DuplicateTaskError,
+    InvalidArgumentError,
+    LeaseLostError,
+    MessageDecodeError,
+    QueueNotEmptyError,
+    QueueNotFoundError,
+    SchemaVersionError,
+    TaskIDConflictError,
+    TaskNotFoundError,
+    TaskStateError,
+)
+from taskq.task import TaskInfo, TaskMessage, TaskState, truncate_error
+
+__all__ = ["RedisBroker"]
+
+_STATE_OF_LETTER = {
+    b"p": TaskState.PENDING,
+    b"a": TaskState.ACTIVE,
+    b"s": TaskState.SCHEDULED,
+    b"r": TaskState.RETRY,
+    b"x": TaskState.ARCHIVED,
+    b"c": TaskState.COMPLETED,
+    b"g": TaskState.AGGREGATING,
+    b"G": TaskState.AGGREGATING,
+    b"C": None,
+    b"D": None,
+}
+_LETTER_OF_STATE = {
+    TaskState.PENDING: "p",
+    TaskState.ACTIVE: "a",
+    TaskState.SCHEDULED: "s",
+    TaskState.RETRY: "r",
+    TaskState.ARCHIVED: "x",
+    TaskState.COMPLETED: "c",
+    TaskState.AGGREGATING: "g",
+}
+_DAY_MS = 86_400_000
+_EPOCH = date(1970, 1, 1)
+_ENQUEUE_CHUNK = 500
+_ACK_CHUNK = 500
+_SUBSCRIBE_TIMEOUT = 5.0
+_PROBE = "#!lua flags=no-writes\nreturn 1"
+
+_DRIVER_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+
+
+def _lease_lost(ref: LeaseRef) -> LeaseLostError:
+    return LeaseLostError(f"lease of task {ref.task_id!r} in {ref.queue!r} is stale or expired")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class _CancelSubscription:
+    """Cancelled task ids from the broker's pub/sub channel (see ``subscribe_cancellations``)."""
+
+    def __init__(self, broker: RedisBroker, pubsub: Any) -> None:
+        self._broker = broker
+        self._pubsub = pubsub
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        """Yield task ids as cancellations are requested, until :meth:`aclose`.
+
+        Raises:
+            BrokerError: the subscription connection failed for good.
+        """
+        while not self._closed:
+            try:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+            except _DRIVER_ERRORS as exc:
+                if self._closed:
+                    return
+                raise self._broker._error(exc, "cancellation subscription") from exc
+            if message is not None and message.get("type") == "message":
+                yield _text(message["data"])
+
+    async def aclose(self) -> None:
+        """Stop listening and close the subscription's connection. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._broker._subscriptions.discard(self)
+            with contextlib.suppress(*_DRIVER_ERRORS):
+                await self._pubsub.aclose()
+
+
+class RedisBroker:
+    """The Broker protocol on Redis: standalone, Sentinel or Cluster.
+
+    Build it from a URL with :meth:`from_url` (or ``taskq.connect(url)``), or
+    from a redis-py client you already have::
+
+        RedisBroker(redis.asyncio.Redis(...))
+        RedisBroker(redis.Redis(...))                      # converted to asyncio
+        RedisBroker(redis.asyncio.RedisCluster(...))
+        RedisBroker(sentinel.master_for("mymaster"))
+        RedisBroker(sentinel, service_name="mymaster")
+
+    A given ``redis.asyncio`` client is used for the first event loop that
+    uses the broker (and is not closed by :meth:`close`); any other loop gets
+    its own client with the same settings. Clients must keep
+    ``decode_responses=False``.
+
+    Args:
+        client_or_factory: a client (see above) or a zero-argument callable
+            returning a ``redis.asyncio`` client.
+        clock: where "now" comes from. None (the default) uses the Redis
+            server's ``TIME`` inside every script, so worker clocks do not
+            matter; tests pass a :class:`taskq.testing.FakeClock`.
+        prefix: the first part of every key (default ``"taskq"``).
+        service_name: the master's name, when ``client_or_factory`` is a
+            ``Sentinel`` object.
+
+    Raises:
+        InvalidArgumentError: an unsupported client or an invalid prefix.
+    """
+
+    def __init__(
+        self,
+        client_or_factory: object,
+        *,
+        clock: Clock | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        service_name: str | None = None,
+    ) -> None:
+        if isinstance(client_or_factory, Connector):
+            self._connector = client_or_factory
+        else:
+            self._connector = connector_from_client(client_or_factory, service_name=service_name)
+        self._clock = clock
+        self._prefix = prefix
+        self._fleet = FleetKeys.for_prefix(prefix)
+        self._scripts = load_scripts()
+        self._shebang: bool | None = None
+        self._queue_keys: dict[str, QueueKeys] = {}
+        self._script_keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._subscriptions: weakref.WeakSet[_CancelSubscription] = weakref.WeakSet()
+        self._closes = 0
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, clock: Clock | None = None, prefix: str = DEFAULT_PREFIX
+    ) -> RedisBroker:
+        """A broker for a Redis URL (nothing is connected until first use).
+
+        Accepted: ``redis://[user:pass@]host:port/db``, ``rediss://`` (TLS,
+        certificates verified), ``unix:///path.sock?db=0``,
+        ``redis+sentinel://[user:pass@]h1:26379,h2:26379/<service>/<db>`` and
+        ``redis+cluster://[user:pass@]h1:7000,h2:7001`` (``rediss+`` for TLS).
+        Query options are redis-py's (``socket_timeout``, ``ssl_ca_certs``, ...).
+
+        Raises:
+            InvalidArgumentError: the URL is malformed.
+        """
+        return cls(connector_from_url(url), clock=clock, prefix=prefix)
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({self._connector.url!r})"
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether the broker talks to a Redis Cluster."""
+        return self._connector.is_cluster
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _error(self, exc: BaseException, what: str) -> BrokerError:
+        return translate_error(exc, f"redis {self._connector.url}: {what}", self._connector.secrets)
+
+    def _keys(self, queue: str) -> QueueKeys:
+        keys = self._queue_keys.get(queue)
+        if keys is None:
+            keys = self._queue_keys[queue] = QueueKeys.for_queue(queue, self._prefix)
+        return keys
+
+    def _keys_for(self, script: Script, queue: str) -> tuple[str, ...]:
+        cached = self._script_keys.get((script.name, queue))
+        if cached is None:
+            cached = self._keys(queue).named(script.keys)
+            self._script_keys[(script.name, queue)] = cached
+        return cached
+
+    def _now_arg(self) -> str | int:
+        return self._clock.now_ms() if self._clock is not None else ""
+
+    async def _variant(self, client: AsyncRedis) -> bool:
+        """Whether the server takes scripts with a ``#!lua`` shebang (Redis >= 7)."""
+        if self._shebang is None:
+            try:
+                await client.eval(_PROBE, 0)
+            except redis.exceptions.ResponseError:
+                self._shebang = False
+            else:
+                self._shebang = True
+        return self._shebang
+
+    async def _run(self, name: str, keys: Sequence[str], *args: Any) -> Any:
+        """Run script ``name`` (EVALSHA, then EVAL after a NOSCRIPT)."""
+        script = self._scripts[name]
+        try:
+            client = self._connector.client()
+            sha, source = script.variant(await self._variant(client))
+            try:
+                return await client.evalsha(sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                return await client.eval(source, len(keys), *keys, *args)
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, name) from exc
+
+    async def _run_many(
+        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Run several script calls in one pipelined round trip (not atomic together)."""
+        if len(calls) == 1:
+            name, keys, args = calls[0]
+            return [await self._run(name, keys, *args)]
+        try:
+            client = self._connector.client()
+            shebang = await self._variant(client)
+            pipe = client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name].variant(shebang)[0], len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            for i, result in enumerate(results):
+                if isinstance(result, redis.exceptions.NoScriptError):
+                    name, keys, args = calls[i]
+                    source = self._scripts[name].variant(shebang)[1]
+                    results[i] = await client.eval(source, len(keys), *keys, *args)
+                elif isinstance(result, BaseException):
+                    raise result
+            return results
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, calls[0][0]) from exc
+
+    async def _command(self, what: str, *args: Any) -> Any:
+        """Run one plain command on the running loop's client."""
+        try:
+            return await self._connector.client().execute_command(*args)
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, what) from exc
+
+    async def _register(self, queues: Iterable[str]) -> None:
+        names = list(queues)
+        if names:
+            await self._command("register queue", "SADD", self._fleet.queues, *names)
+
+    # ------------------------------------------------------------------ producing
+
+    async def enqueue(self, message: TaskMessage, *, unique_ttl: int = 0) -> TaskState:
+        """Store a new task as pending (aggregating if it has a group).
+
+        Raises:
+            TaskIDConflictError: the id exists in the queue (any state).
+            DuplicateTaskError: the unique lock is held by another task.
+            BrokerError: Redis failed (translated driver error).
+        """
+        return self._single(await self._store([(message, 0, unique_ttl)]))
+
+    async def schedule(
+        self, message: TaskMessage, process_at: int, *, unique_ttl: int = 0
+    ) -> TaskState:
+        """Store a new task as scheduled until ``process_at`` (as enqueue if not in the future).
+
+        Raises:
+            TaskIDConflictError, DuplicateTaskError: as :meth:`enqueue`.
+        """
+        return self._single(await self._store([(message, process_at, unique_ttl)]))
+
+    async def add_to_group(self, message: TaskMessage, *, unique_ttl: int = 0) -> TaskState:
+        """Store a new task as aggregating in ``message.group``.
+
+        Raises:
+            InvalidArgumentError: ``message.group`` is empty.
+            TaskIDConflictError, DuplicateTaskError: as :meth:`enqueue`.
+        """
+        if not message.group:
+            raise InvalidArgumentError("add_to_group needs a message with a group")
+        return self._single(await self._store([(message, 0, unique_ttl)]))
+
+    async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[TaskState | Exception]:
+        """Store many tasks, each atomic on its own; per item the state or the refusal.
+
+        One script call per queue (in chunks of 500), all pipelined.
+        """
+        return await self._store([(r.message, r.process_at, r.unique_ttl) for r in requests])
+
+    @staticmethod
+    def _single(results: list[TaskState | Exception]) -> TaskState:
+        result = results[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _store(
+        self, items: Sequence[tuple[TaskMessage, int, int]]
+    ) -> list[TaskState | Exception]:
+        by_queue: dict[str, list[int]] = {}
+        for index, (message, _, _) in enumerate(items):
+            if "\x00" in message.id or "\x00" in message.group:
+                raise InvalidArgumentError("task ids and group names must not contain NUL")
+            by_queue.setdefault(message.queue, []).append(index)
+        now = self._now_arg()
+        calls: list[tuple[str, Sequence[str], Sequence[Any]]] = []
+        chunks: list[tuple[str, list[int]]] = []
+        for queue, indexes in by_queue.items():
+            keys = self._keys_for(self._scripts["enqueue"], queue)
+            for start in range(0, len(indexes), _ENQUEUE_CHUNK):
+                chunk = indexes[start : start + _ENQUEUE_CHUNK]
+                args: list[Any] = [now]
+                for i in chunk:
+                    message, process_at, unique_ttl = items[i]
+                    args += (
+                        message.id,
+                        message.encode(),
+                        process_at,
+                        message.group,
+                        message.unique_key,
+                        unique_ttl,
+                    )
+                calls.append(("enqueue", keys, args))
+                chunks.append((queue, chunk))
+        if not calls:
+            return []
+        replies = await self._run_many(calls)
+        results: list[TaskState | Exception] = [TaskState.PENDING] * len(items)
+        registered = []
+        for (queue, chunk), reply in zip(chunks, replies, strict=True):
+            if reply[0] == 1:
+                registered.append(queue)
+            for i, code in zip(chunk, reply[1:], strict=True):
+                message = items[i][0]
+                if code == b"C":
+                    results[i] = TaskIDConflictError(
+                        f"task id {message.id!r} already exists in queue {queue!r}"
+                    )
+                elif code == b"D":
+                    results[i] = DuplicateTaskError(
+                        f"unique lock {message.unique_key!r} in queue {queue!r} is held"
+                    )
+                else:
+                    results[i] = _STATE_OF_LETTER[code] or TaskState.PENDING
+        await self._register(registered)
+        return results
+
+    # ------------------------------------------------------------------ consuming
+
+    async def dequeue(
+        self, queues: Sequence[str], *, count: int, lease: int, wait: int = 0
+    ) -> list[Delivery]:
+        """Lease up to ``count`` pending tasks, trying ``queues`` in order.
+
+        With ``wait`` > 0 and nothing pending, blocks (BLPOP on the queues'
+        notify lists, no polling) up to ``wait`` ms and returns as soon as a
+        task arrives. Paused and unknown queues are skipped. A task whose
+        stored message cannot be decoded is archived at once with the reason
+        and not returned.
+
+        Raises:
+            BrokerError: Redis failed (translated driver error).
+        """
+        if count <= 0:
+            return []
+        names = list(dict.fromkeys(queues))
+        got = await self._take(names, count, lease) if names else []
+        if got or wait <= 0:
+            return got
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait / 1000
+        closes = self._closes
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0.001 or closes != self._closes:
+                return []
+            if not names:
+                await asyncio.sleep(remaining)
+                return []
+            try:
+                await self._wait_for_work(names, remaining)
+            except BrokerError:
+                if closes != self._closes:
+                    return []  # close() cut the wait short
+                raise
+            got = await self._take(names, count, lease)
+            if got:
+                return got
+
+    async def _take(self, names: Sequence[str], count: int, lease: int) -> list[Delivery]:
+        script = self._scripts["dequeue"]
+        if not self.is_cluster:
+            all_keys = [k for q in names for k in self._keys_for(script, q)]
+            reply = await self._run("dequeue", all_keys, self._now_arg(), count, lease, _nonce())
+            return await self._deliveries(reply, lease)
+        out: list[Delivery] = []
+        for queue in names:
+            keys = self._keys_for(script, queue)
+            reply = await self._run(
+                "dequeue", keys, self._now_arg(), count - len(out), lease, _nonce()
+            )
+            out += await self._deliveries(reply, lease)
+            if len(out) >= count:
+                break
+        return out
+
+    async def _deliveries(self, reply: list[Any], lease: int) -> list[Delivery]:
+        now = int(reply[0])
+        expires = now + lease
+        out: list[Delivery] = []
+        for i in range(1, len(reply), 3):
+            token = _text(reply[i + 1])
+            try:
+                message = TaskMessage.decode(reply[i])
+            except (MessageDecodeError, SchemaVersionError) as exc:
+                await self._archive_undecodable(reply[i], token, exc)
+                continue
+            out.append(Delivery(message, token, expires, now, int(reply[i + 2])))
+        return out
+
+    async def _archive_undecodable(self, raw: bytes, token: str, exc: Exception) -> None:
+        """Archive a leased task whose message cannot be decoded (bad input never loops)."""
+        try:
+            doc = json.loads(raw)
+            ref = LeaseRef(str(doc["queue"]), str(doc["id"]), token)
+        except (ValueError, KeyError, TypeError):
+            return  # not even its id is readable: its lease expires and it stays visible
+        await self.archive(ref, error=f"undecodable task message: {exc}")
+
+    async def _wait_for_work(self, names: Sequence[str], remaining: float) -> None:
+        """Block until a notify list of ``names`` gets a token, or ``remaining`` seconds pass."""
+        timeout = self._connector.socket_timeout()
+        block = remaining if timeout is None else min(remaining, max(timeout - 0.5, timeout / 2))
+        block = max(block, 0.001)
+        keys = [self._keys(q).notify for q in names]
+        try:
+            client = self._connector.client()
+            if not self.is_cluster:
+                await client.blpop(keys, timeout=block)
+                return
+            by_slot: dict[int, list[str]] = {}
+            for key in keys:
+                by_slot.setdefault(key_slot(key.encode()), []).append(key)
+            waits = [
+                asyncio.ensure_future(client.blpop(g, timeout=block)) for g in by_slot.values()
+            ]
+            try:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            for finished in done:
+                finished.result()
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, "wait for tasks") from exc
+
+    async def extend_leases(self, refs: Sequence[LeaseRef], *, lease: int) -> list[bool]:
+        """Extend each still-held lease to ``lease`` ms from now; per ref whether it was held.
+
+        One script call per queue, pipelined.
+        """
+        by_queue: dict[str, list[int]] = {}
+        for index, ref in enumerate(refs):
+            by_queue.setdefault(ref.queue, []).append(index)
+        if not by_queue:
+            return []
+        now = self._now_arg()
+        calls: list[tuple[str, Sequence[str], Sequence[Any]]] = []
+        for queue, indexes in by_queue.items():
+            args: list[Any] = [now, lease]
+            for i in indexes:
+                args += (refs[i].task_id, refs[i].token)
+            calls.append(("extend", self._keys_for(self._scripts["extend"], queue), args))
+        replies = await self._run_many(calls)
+        out = [False] * len(refs)
+        for indexes, reply in zip(by_queue.values(), replies, strict=True):
+            for i, held in zip(indexes, reply, strict=True):
+                out[i] = held == 1
+        return out
+
+    async def done(self, ref: LeaseRef) -> None:
+        """active -> deleted; releases the unique lock; counts processed.
+
+        Raises:
+            LeaseLostError: stale or expired token.
+        """
+        self._raise_first(await self.done_many([Ack(ref)]))
+
+    async def complete(self, ref: LeaseRef, *, retention: int) -> None:
+        """active -> completed for ``retention`` ms (with its result); releases the lock.
+
+        Raises:
+            LeaseLostError: stale or expired token.
+        """
+        self._raise_first(await self._ack([(ref, max(retention, 0))]))
+
+    async def done_many(self, acks: Sequence[Ack]) -> list[Exception | None]:
+        """Apply many done/complete outcomes; per ack None or the LeaseLostError.
+
+        One script call per queue (in chunks of 500), pipelined.
+        """
+        return await self._ack([(a.ref, a.retention if a.retention > 0 else -1) for a in acks])
+
+    @staticmethod
+    def _raise_first(results: list[Exception | None]) -> None:
+        if results[0] is not None:
+            raise results[0]
+
+    async def _ack(self, items: Sequence[tuple[LeaseRef, int]]) -> list[Exception | None]:
+        by_queue: dict[str, list[int]] = {}
+        for index, (ref, _) in enumerate(items):
+            by_queue.setdefault(ref.queue, []).append(index)
+        now = self._now_arg()
+        calls: list[tuple[str, Sequence[str], Sequence[Any]]] = []
+        chunks: list[list[int]] = []
+        for queue, indexes in by_queue.items():
+            keys = self._keys_for(self._scripts["ack"], queue)
+            for start in range(0, len(indexes), _ACK_CHUNK):
+                chunk = indexes[start : start + _ACK_CHUNK]
+                args: list[Any] = [now]
+                for i in chunk:
+                    ref, retention = items[i]
+                    args += (ref.task_id, ref.token, retention)
+                calls.append(("ack", keys, args))
+                chunks.append(chunk)
+        if not calls:
+            return []
+        replies = await self._run_many(calls)
+        out: list[Exception | None] = [None] * len(items)
+        for chunk, reply in zip(chunks, replies, strict=True):
+            for i, applied in zip(chunk, reply, strict=True):
+                if applied != 1:
+                    out[i] = _lease_lost(items[i][0])
+        return out
+
+    async def _fenced(self, name: str, ref: LeaseRef, *args: Any) -> None:
+        keys = self._keys_for(self._scripts[name], ref.queue)
+        if await self._run(name, keys, self._now_arg(), ref.task_id, ref.token, *args) != 1:
+            raise _lease_lost(ref)
+
+    async def retry(
+        self, ref: LeaseRef, *, delay: int, error: str, is_failure: bool = True
+    ) -> None:
+        """active -> retry, due ``delay`` ms from now (broker time); records the error.
+
+        Raises:
+            LeaseLostError: stale or expired token.
+        """
+        await self._fenced("retry", ref, delay, truncate_error(error), int(is_failure))
+
+    async def archive(self, ref: LeaseRef, *, error: str, release_unique: bool = True) -> None:
+        """active -> archived with ``error``; counts processed + failed.
+
+        Raises:
+            LeaseLostError: stale or expired token.
+        """
+        await self._fenced("archive", ref, truncate_error(error), int(release_unique))
+
+    async def requeue(self, ref: LeaseRef) -> None:
+        """active -> pending at the head of the queue, no retry spent.
+
+        Raises:
+            LeaseLostError: stale or expired token.
+        """
+        await self._fenced("requeue", ref)
+
+    async def write_result(self, ref: LeaseRef, data: bytes) -> None:
+        """Store ``data`` as the task's result.
+
+        Raises:
+            LeaseLostError: stale or expired token.
+        """
+        await self._fenced("write_result", ref, bytes(data))
+
+    # ------------------------------------------------------------------ time
+
+    async def now(self) -> int:
+        """The broker's time in epoch ms: the clock given, else the Redis server's TIME."""
+        if self._clock is not None:
+            return self._clock.now_ms()
+        try:
+            seconds, micros = await self._connector.client().time()
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, "TIME") from exc
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def forward(self, queue: str, *, limit: int = 1000) -> int:
+        """Move up to ``limit`` due scheduled and retry tasks to pending (or their group)."""
+        keys = self._keys_for(self._scripts["forward"], queue)
+        return int(await self._run("forward", keys, self._now_arg(), max(limit, 0)))
+
+    async def expired_leases(self, queue: str, *, limit: int = 100) -> list[str]:
+        """Ids of active tasks whose lease expired (or that have none)."""
+        keys = self._keys_for(self._scripts["expired_leases"], queue)
+        reply = await self._run("expired_leases", keys, self._now_arg(), max(limit, 0))
+        return [_text(i) for i in reply]
+
+    async def reclaim_expired(self, queue: str, *, lease: int, limit: int = 100) -> list[Delivery]:
+        """Take over active tasks whose lease expired (or is missing) with fresh tokens."""
+        keys = self._keys_for(self._scripts["reclaim"], queue)
+        reply = await self._run("reclaim", keys, self._now_arg(), lease, max(limit, 0), _nonce())
+        return await self._deliveries(reply, lease)
+
+    async def delete_expired_completed(self, queue: str, *, limit: int = 100) -> int:
+        """Delete up to ``limit`` completed tasks whose retention has ended."""
+        keys = self._keys_for(self._scripts["delete_expired_completed"], queue)
+        return int(
+            await self._run("delete_expired_completed", keys, self._now_arg(), max(limit, 0))
+        )
+
+    # ------------------------------------------------------------------ groups
+
+    async def groups(self, queue: str) -> list[GroupInfo]:
+        """Groups of ``queue`` holding aggregating tasks (not yet in a set), sorted by name."""
+        reply = await self._command("groups", "HGETALL", self._keys(queue).groups)
+        pairs = (
+            reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+        )
+        found = [GroupInfo(_text(g), int(n)) for g, n in pairs if int(n) > 0]
+        return sorted(found, key=lambda g: g.group)
+
+    async def aggregation_check(
+        self,
+        queue: str,
+        group: str,
+        *,
+        grace_period: int,
+        max_delay: int = 0,
+        max_size: int = 0,
+    ) -> str | None:
+        """Move a ready group's oldest members (up to ``max_size``) into a new set; its id."""
+        set_id = uuid.uuid4().hex
+        reply = await self._run(
+            "aggregation_check",
+            self._keys(queue).all(),
+            self._now_arg(),
+            group,
+            set_id,
+            grace_period,
+            max_delay,
+            max_size,
+        )
+        return None if reply is None else _text(reply)
+
+    async def read_aggregation_set(self, queue: str, group: str, set_id: str) -> list[TaskMessage]:
+        """Messages of an aggregation set, oldest first (empty when it is gone).
+
+        Raises:
+            MessageDecodeError: a member's stored message cannot be decoded.
+        """
+        reply = await self._run(
+            "read_aggregation_set", self._keys(queue).all(), self._now_arg(), group, set_id
+        )
+        return [TaskMessage.decode(m) for m in reply]
+
+    async def finish_aggregation(
+        self, queue: str, group: str, set_id: str, message: TaskMessage
+    ) -> bool:
+        """Enqueue ``message`` as pending and delete the set with its members; False if gone.
+
+        Raises:
+            TaskIDConflictError: ``message.id`` is used by a task outside the set.
+        """
+        reply = await self._run(
+            "finish_aggregation",
+            self._keys(queue).all(),
+            self._now_arg(),
+            group,
+            set_id,
+            message.id,
+            message.encode(),
+        )
+        if reply == -1:
+            raise TaskIDConflictError(f"task id {message.id!r} already exists in queue {queue!r}")
+        return bool(reply == 1)
+
+    async def delete_aggregation_set(self, queue: str, group: str, set_id: str) -> None:
+        """Delete an aggregation set and its member tasks (no-op when it is gone)."""
+        await self._run(
+            "delete_aggregation_set", self._keys(queue).all(), self._now_arg(), group, set_id
+        )
+
+    async def reclaim_stale_aggregation_sets(self, queue: str, *, older_than: int) -> int:
+        """Return members of sets older than ``older_than`` ms to their group; how many tasks."""
+        reply = await self._run(
+            "reclaim_aggregation_sets", self._keys(queue).all(), self._now_arg(), older_than
+        )
+        return int(reply)
+
+    # ------------------------------------------------------------------ cancellation
+
+    async def request_cancel(self, task_id: str, queue: str | None = None) -> TaskState | None:
+        """Mark an active task cancelled (persisted, and published), or archive one not started.
+
+        With ``queue`` None every known queue is searched (sorted); the first
+        one holding the id is used.
+        """
+        names = [queue] if queue is not None else await self.queues()
+        for name in names:
+            letter = await self._run("cancel", self._keys(name).all(), self._now_arg(), task_id)
+            if letter is None:
+                continue
+            if letter == b"a":
+                await self._command(
+                    "publish cancel", "PUBLISH", self._fleet.cancel_channel, task_id
+                )
+            return _STATE_OF_LETTER[letter]
+        return None
+
+    async def cancel_requested(self, queue: str, task_ids: Sequence[str]) -> set[str]:
+        """The ids among ``task_ids`` whose cancellation was requested while active."""
+        ids = list(task_ids)
+        if not ids:
+            return set()
+        reply = await self._command(
+            "cancel_requested", "SMISMEMBER", self._keys(queue).cancelled, *ids
+        )
+        return {task_id for task_id, flag in zip(ids, reply, strict=True) if flag}
+
+    async def subscribe_cancellations(self) -> _CancelSubscription:
+        """Subscribe to cancellation requests (task ids) made from now on.
+
+        Returns once the subscription is active, so a request made after this
+        call returns is delivered. Uses its own connection (in a Cluster, to
+        one node: PUBLISH reaches every node).
+
+        Raises:
+            BrokerError: the subscription could not be set up.
+        """
+        try:
+            pubsub: Any = self._connector.client().pubsub()
+            await pubsub.subscribe(self._fleet.cancel_channel)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _SUBSCRIBE_TIMEOUT
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    await pubsub.aclose()
+                    raise BrokerTimeoutError(
+                        f"redis {self._connector.url}: no confirmation of the cancel subscription"
+                    )
+                message = await pubsub.get_message(timeout=min(remaining, 1.0))
+                if message is not None and message.get("type") == "subscribe":
+                    break
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, "subscribe to cancellations") from exc
+        subscription = _CancelSubscription(self, pubsub)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    # ------------------------------------------------------------------ fleet
+
+    async def write_server_state(self, info: ServerInfo, *, ttl: int) -> None:
+        """Publish a server and its active workers for ``ttl`` ms."""
+        doc = {
+            "id": info.id,
+            "host": info.host,
+            "pid": info.pid,
+            "concurrency": info.concurrency,
+            "queues": dict(info.queues),
+            "strict_priority": info.strict_priority,
+            "started_at": info.started_at,
+            "status": info.status,
+            "active_workers": [
+                {
+                    "task_id": w.task_id,
+                    "task_type": w.task_type,
+                    "queue": w.queue,
+                    "started_at": w.started_at,
+                    "deadline": w.deadline,
+                    "payload": _b64(w.payload),
+                }
+                for w in info.active_workers
+            ],
+        }
+        await self._fleet_write(self._fleet.servers, self._fleet.server_data, info.id, ttl, doc)
+
+    async def clear_server_state(self, server_id: str) -> None:
+        """Remove a server's published state."""
+        keys = (self._fleet.servers, self._fleet.server_data)
+        await self._run("fleet_clear", keys, self._now_arg(), server_id)
+
+    async def servers(self) -> list[ServerInfo]:
+        """Servers whose state has not expired, sorted by id."""
+        out = []
+        for doc in await self._fleet_read(self._fleet.servers, self._fleet.server_data):
+            workers = tuple(
+                WorkerInfo(
+                    task_id=w["task_id"],
+                    task_type=w["task_type"],
+                    queue=w["queue"],
+                    started_at=int(w["started_at"]),
+                    deadline=int(w["deadline"]),
+                    payload=base64.b64decode(w.get("payload", "")),
+                )
+                for w in doc.get("active_workers", [])
+            )
+            out.append(
+                ServerInfo(
+                    id=doc["id"],
+                    host=doc["host"],
+                    pid=int(doc["pid"]),
+                    concurrency=int(doc["concurrency"]),
+                    queues={str(k): int(v) for k, v in doc["queues"].items()},
+                    strict_priority=bool(doc["strict_priority"]),
+                    started_at=int(doc["started_at"]),
+                    status=doc["status"],
+                    active_workers=workers,
+                )
+            )
+        return out
+
+    async def write_scheduler_entries(
+        self, scheduler_id: str, entries: Sequence[SchedulerEntryInfo], *, ttl: int
+    ) -> None:
+        """Publish a scheduler's entries for ``ttl`` ms (replacing its previous ones)."""
+        doc = [
+            {
+                "id": e.id,
+                "spec": e.spec,
+                "task_type": e.task_type,
+                "payload": _b64(e.payload),
+                "options": dict(e.options),
+                "next_enqueue_at": e.next_enqueue_at,
+                "prev_enqueue_at": e.prev_enqueue_at,
+                "scheduler_id": e.scheduler_id,
+            }
+            for e in entries
+        ]
+        await self._fleet_write(
+            self._fleet.schedulers, self._fleet.scheduler_data, scheduler_id, ttl, doc
+        )
+
+    async def clear_scheduler_entries(self, scheduler_id: str) -> None:
+        """Remove a scheduler's published entries."""
+        keys = (self._fleet.schedulers, self._fleet.scheduler_data)
+        await self._run("fleet_clear", keys, self._now_arg(), scheduler_id)
+
+    async def scheduler_entries(self) -> list[SchedulerEntryInfo]:
+        """Entries of every live scheduler (by scheduler id, then in published order)."""
+        out = []
+        for docs in await self._fleet_read(self._fleet.schedulers, self._fleet.scheduler_data):
+            for e in docs:
+                out.append(
+                    SchedulerEntryInfo(
+                        id=e["id"],
+                        spec=e["spec"],
+                        task_type=e["task_type"],
+                        payload=base64.b64decode(e["payload"]),
+                        options={str(k): str(v) for k, v in e["options"].items()},
+                        next_enqueue_at=int(e["next_enqueue_at"]),
+                        prev_enqueue_at=int(e["prev_enqueue_at"]),
+                        scheduler_id=e["scheduler_id"],
+                    )
+                )
+        return out
+
+    async def _fleet_write(self, index: str, data: str, member: str, ttl: int, doc: Any) -> None:
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+        await self._run("fleet_write", (index, data), self._now_arg(), member, ttl, text)
+
+    async def _fleet_read(self, index: str, data: str) -> list[Any]:
+        reply = await self._run("fleet_read", (index, data), self._now_arg())
+        members = sorted(zip(reply[::2], reply[1::2], strict=True), key=lambda pair: pair[0])
+        return [json.loads(doc) for _, doc in members]
+
+    async def record_scheduler_event(
+        self, entry_id: str, event: SchedulerEvent, *, keep: int = 1000
+    ) -> None:
+        """Append to an entry's history, keeping the newest ``keep`` events."""
+        await self._run(
+            "record_event",
+            (self._fleet.history(entry_id),),
+            self._now_arg(),
+            event.task_id,
+            event.enqueued_at,
+            max(keep, 0),
+        )
+
+    async def scheduler_events(self, entry_id: str, *, limit: int = 100) -> list[SchedulerEvent]:
+        """An entry's history, newest first."""
+        if limit <= 0:
+            return []
+        reply = await self._command(
+            "scheduler_events",
+            "ZREVRANGE",
+            self._fleet.history(entry_id),
+            0,
+            limit - 1,
+            "WITHSCORES",
+        )
+        pairs = (
+            zip(reply[::2], reply[1::2], strict=True)
+            if reply and not isinstance(reply[0], list)
+            else reply
+        )
+        return [SchedulerEvent(_text(task_id), int(float(score))) for task_id, score in pairs]
+
+    async def claim_scheduler_tick(self, entry_id: str, tick: int, *, ttl: int) -> bool:
+        """True for exactly one caller per (entry, tick) while the claim lives (``ttl`` ms)."""
+        reply = await self._run(
+            "claim_tick", (self._fleet.claims,), self._now_arg(), entry_id, tick, ttl
+        )
+        return bool(reply == 1)
+
+    async def history(self, queue: str, days: int) -> list[DailyStats]:
+        """Processed/failed counts of the last ``days`` UTC days of broker time (today first)."""
+        if days <= 0:
+            return []
+        reply = await self._run("history", (self._keys(queue).stats,), self._now_arg(), days)
+        today = int(reply[0])
+        return [
+            DailyStats(queue, _EPOCH + timedelta(days=today - n), int(p), int(f))
+            for n, (p, f) in enumerate(zip(reply[1::2], reply[2::2], strict=True))
+        ]
+
+    # ------------------------------------------------------------------ admin
+
+    async def queues(self) -> list[str]:
+        """Every known queue, sorted."""
+        reply = await self._command("queues", "SMEMBERS", self._fleet.queues)
+        return sorted(_text(q) for q in reply)
+
+    async def queue_stats(self, queue: str) -> QueueStats:
+        """A snapshot of one queue.
+
+        ``memory_bytes`` sums ``MEMORY USAGE <key> SAMPLES 5`` over the
+        queue's keys (an estimate); None where the server has no MEMORY
+        command (fakeredis) or refuses it.
+
+        Raises:
+            QueueNotFoundError: the queue is unknown.
+        """
+        keys = self._keys(queue)
+        reply = await self._run("queue_stats", keys.all(), self._now_arg())
+        if reply is None:
+            raise QueueNotFoundError(f"queue {queue!r} does not exist")
+        v = [int(x) for x in reply]
+        now, pending_since = v[0], v[11]
+        return QueueStats(
+            queue=queue,
+            size=v[1],
+            pending=v[2],
+            active=v[3],
+            scheduled=v[4],
+            retry=v[5],
+            archived=v[6],
+            completed=v[7],
+            aggregating=v[8],
+            groups=v[9],
+            paused=bool(v[10]),
+            latency=max(0, now - pending_since) if v[2] and pending_since else 0,
+            processed=v[12],
+            failed=v[13],
+            processed_total=v[14],
+            failed_total=v[15],
+            timestamp=now,
+            memory_bytes=await self._memory_usage(keys),
+        )
+
+    async def _memory_usage(self, keys: QueueKeys) -> int | None:
+        try:
+            pipe = self._connector.client().pipeline(transaction=False)
+            for key in keys.all():
+                pipe.execute_command("MEMORY USAGE", key, "SAMPLES", 5)
+            sizes = await pipe.execute(raise_on_error=True)
+        except redis.exceptions.ResponseError:
+            return None
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, "MEMORY USAGE") from exc
+        return sum(int(s) for s in sizes if s is not None)
+
+    async def list_tasks(
+        self,
+        queue: str,
+        state: TaskState,
+        *,
+        offset: int = 0,
+        limit: int = 30,
+        group: str | None = None,
+    ) -> list[TaskInfo]:
+        """A page of tasks in ``state``, in the state's natural order.
+
+        Listing aggregating tasks reads every member of the group (or of the
+        queue when ``group`` is None) to order them.
+
+        Raises:
+            QueueNotFoundError: the queue is unknown.
+            InvalidArgumentError: a negative offset or limit.
+        """
+        if offset < 0 or limit < 0:
+            raise InvalidArgumentError("offset and limit must not be negative")
+        letter = _LETTER_OF_STATE[TaskState(state)]
+        reply = await self._run(
+            "list_tasks",
+            self._keys(queue).all(),
+            self._now_arg(),
+            letter,
+            offset,
+            limit,
+            group or "",
+        )
+        if reply is None:
+            raise QueueNotFoundError(f"queue {queue!r} does not exist")
+        return [_info(reply[i : i + 5]) for i in range(1, len(reply), 5)]
+
+    async def get_task(self, queue: str, task_id: str) -> TaskInfo:
+        """One task in whatever state it is.
+
+        Raises:
+            QueueNotFoundError, TaskNotFoundError.
+            MessageDecodeError: its stored message cannot be decoded.
+        """
+        reply = await self._run("get_task", self._keys(queue).all(), self._now_arg(), task_id)
+        self._check_found(reply, queue, task_id)
+        return _info(reply[1:6])
+
+    @staticmethod
+    def _check_found(reply: list[Any], queue: str, task_id: str) -> None:
+        if reply[0] == b"Q":
+            raise QueueNotFoundError(f"queue {queue!r} does not exist")
+        if reply[0] == b"N":
+            raise TaskNotFoundError(f"no task {task_id!r} in queue {queue!r}")
+
+    async def _admin(
+        self,
+        name: str,
+        verb: str,
+        queue: str,
+        task_id: str,
+        state: TaskState | None,
+        group: str | None,
+        limit: int,
+    ) -> int:
+        letter = _LETTER_OF_STATE[TaskState(state)] if state is not None else ""
+        reply = await self._run(
+            name,
+            self._keys(queue).all(),
+            self._now_arg(),
+            task_id,
+            letter,
+            group or "",
+            max(limit, 0),
+        )
+        self._check_found(reply, queue, task_id)
+        if reply[0] == b"S":
+            shown = _STATE_OF_LETTER[reply[1]]
+            what = f"task {task_id!r} is" if task_id else "tasks that are"
+            raise TaskStateError(f"cannot {verb} {what} {shown}")
+        return int(reply[1])
+
+    async def delete_task(self, queue: str, task_id: str) -> None:
+        """Delete a task that is not active; releases its unique lock.
+
+        Raises:
+            QueueNotFoundError, TaskNotFoundError, TaskStateError (active).
+        """
+        await self._admin("delete_tasks", "delete", queue, task_id, None, None, 1)
+
+    async def run_task(self, queue: str, task_id: str) -> None:
+        """Move a scheduled, retry, archived, completed or aggregating task to pending.
+
+        Raises:
+            QueueNotFoundError, TaskNotFoundError, TaskStateError (pending or active).
+        """
+        await self._admin("run_tasks", "run", queue, task_id, None, None, 1)
+
+    async def archive_task(self, queue: str, task_id: str) -> None:
+        """Move a pending, scheduled, retry or aggregating task to archived.
+
+        Raises:
+            QueueNotFoundError, TaskNotFoundError, TaskStateError (active, archived, completed).
+        """
+        await self._admin("archive_tasks", "archive", queue, task_id, None, None, 1)
+
+    async def delete_all(
+        self, queue: str, state: TaskState, *, group: str | None = None, limit: int = 1000
+    ) -> int:
+        """Delete up to ``limit`` tasks in ``state``, oldest first; how many. Call again until 0.
+
+        Raises:
+            QueueNotFoundError; TaskStateError: ``state`` is active.
+        """
+        return await self._admin("delete_tasks", "delete", queue, "", state, group, limit)
+
+    async def run_all(
+        self, queue: str, state: TaskState, *, group: str | None = None, limit: int = 1000
+    ) -> int:
+        """Run up to ``limit`` tasks in ``state`` as :meth:`run_task`; how many.
+
+        Raises:
+            QueueNotFoundError; TaskStateError: ``state`` is pending or active.
+        """
+        return await self._admin("run_tasks", "run", queue, "", state, group, limit)
+
+    async def archive_all(
+        self, queue: str, state: TaskState, *, group: str | None = None, limit: int = 1000
+    ) -> int:
+        """Archive up to ``limit`` tasks in ``state`` as :meth:`archive_task`; how many.
+
+        Raises:
+            QueueNotFoundError; TaskStateError: ``state`` is active, archived or completed.
+        """
+        return await self._admin("archive_tasks", "archive", queue, "", state, group, limit)
+
+    async def pause_queue(self, queue: str) -> None:
+        """Stop dequeuing from ``queue`` (enqueue and forwarding go on).
+
+        Raises:
+            QueueNotFoundError.
+        """
+        await self._pause(queue, True)
+
+    async def unpause_queue(self, queue: str) -> None:
+        """Resume dequeuing from ``queue`` (and wake waiting consumers).
+
+        Raises:
+            QueueNotFoundError.
+        """
+        await self._pause(queue, False)
+
+    async def _pause(self, queue: str, paused: bool) -> None:
+        keys = self._keys_for(self._scripts["pause"], queue)
+        if await self._run("pause", keys, self._now_arg(), int(paused)) != 1:
+            raise QueueNotFoundError(f"queue {queue!r} does not exist")
+
+    async def remove_queue(self, queue: str, *, force: bool = False) -> None:
+        """Remove a queue and all of its keys.
+
+        Raises:
+            QueueNotFoundError: unknown queue.
+            QueueNotEmptyError: it holds tasks (without ``force``) or active tasks.
+        """
+        reply = await self._run(
+            "remove_queue", self._keys(queue).all(), self._now_arg(), int(force)
+        )
+        if reply[0] == b"Q":
+            raise QueueNotFoundError(f"queue {queue!r} does not exist")
+        if reply[0] == b"A":
+            raise QueueNotEmptyError(f"queue {queue!r} has {int(reply[1])} active tasks")
+        if reply[0] == b"E":
+            raise QueueNotEmptyError(
+                f"queue {queue!r} holds {int(reply[1])} tasks (use force=True)"
+            )
+        await self._command("unregister queue", "SREM", self._fleet.queues, queue)
+
+    # ------------------------------------------------------------------ cluster
+
+    async def cluster_info(self, queue: str) -> ClusterSlotInfo:
+        """The hash slot of ``queue`` and the nodes serving it (primary first).
+
+        Raises:
+            BrokerError: the broker is not connected to a Redis Cluster.
+        """
+        slot = key_slot(self._keys(queue).pending.encode())
+        client = self._connector.client()
+        if not isinstance(client, redis.asyncio.RedisCluster):
+            raise BrokerError(f"redis {self._connector.url} is not a Redis Cluster")
+        try:
+            await client.initialize()
+            nodes = client.nodes_manager.slots_cache.get(slot, [])
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, "cluster slots") from exc
+        return ClusterSlotInfo(queue, slot, [f"{n.host}:{n.port}" for n in nodes])
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def ping(self) -> None:
+        """Check that Redis is reachable.
+
+        Raises:
+            BrokerConnectionError: it is not (BrokerAuthError: credentials refused).
+        """
+        await self._command("PING", "PING")
+
+    async def close(self) -> None:
+        """End waiting dequeues and cancellation subscriptions, close every connection.
+
+        Idempotent; the broker stays usable (new connections are made on demand).
+        """
+        self._closes += 1
+        for subscription in list(self._subscriptions):
+            await subscription.aclose()
+        await self._connector.aclose()
+
+
+def _nonce() -> str:
+    """A random prefix for the lease tokens handed out by one script call."""
+    return os.urandom(8).hex() + "-"
+
+
+def _info(fields: Sequence[Any]) -> TaskInfo:
+    """A TaskInfo from ``message, letter, next_process_at, result, orphaned``."""
+    raw, letter, next_at, result, orphaned = fields
+    state = _STATE_OF_LETTER[letter]
+    assert state is not None
+    return TaskInfo.from_message(
+        TaskMessage.decode(raw),
+        state,
+        next_process_at=int(next_at),
+        result=result,
+        is_orphaned=orphaned == 1,
+    )

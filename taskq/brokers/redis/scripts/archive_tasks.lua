@@ -1,0 +1,31 @@
+#!lua
+-- archive_tasks: pending | scheduled | retry | aggregating -> archived, by hand, for one
+-- task or a chunk of one state.
+--
+-- KEYS: all
+-- ARGV: now, task id ("" = select by state), state letter, group ("" = all), limit
+-- Returns: {"Q"} unknown queue, {"N"} no such task, {"S", letter} not allowed in
+--   that state (active, archived, completed; nothing changed), else {"OK", how many}.
+
+if redis.call('EXISTS', K.meta) == 0 then
+  return {'Q'}
+end
+local id, want, group, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local ids
+if id ~= '' then
+  local letter = get_state(K, id)
+  if not letter then
+    return {'N'}
+  end
+  want, ids = letter, {id}
+else
+  ids = ids_in_state(K, want, group, 0, limit)
+end
+if want == 'a' or want == 'x' or want == 'c' then
+  return {'S', want}
+end
+for _, task in ipairs(ids) do
+  local letter, since, extra = get_state(K, task)
+  archive_by_hand(K, task, letter, since, extra, nil)
+end
+return {'OK', #ids}

@@ -1,0 +1,53 @@
+#!lua
+-- enqueue: (new) -> pending | scheduled | aggregating, for a batch of new tasks of one queue.
+--
+-- KEYS: meta messages states pending scheduled aggregating groups task_groups task_unique unique_expiry unique_owner paused notify
+-- ARGV: now, then 6 values per task:
+--   id, message (encoded TaskMessage), process_at (epoch ms; not in the future = now),
+--   group ("" = none), unique_key ("" = none), unique_ttl (ms; a lock is taken when > 0)
+-- Returns: {registered, code...}: registered is 1 when this call created the queue
+--   (the caller then adds it to the global queue set); one code per task, in order:
+--   "p" pending, "s" scheduled, "g" aggregating, "C" the id exists, "D" the unique lock is held.
+--
+-- A task goes to scheduled when process_at is in the future, else to its group
+-- when it has one, else to pending. Each task is checked before it is written.
+
+local registered = redis.call('HSETNX', K.meta, 'created', fmt(NOW))
+local out = {registered}
+local became_pending = 0
+local pruned = false
+for i = 2, #ARGV, 6 do
+  local id, message, group, ukey = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
+  local process_at, unique_ttl = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 5])
+  local lock = ukey ~= '' and unique_ttl > 0
+  if lock and not pruned then
+    prune_unique(K)
+    pruned = true
+  end
+  if redis.call('HEXISTS', K.states, id) == 1 then
+    out[#out + 1] = 'C'
+  elseif lock and unique_held(K, ukey) then
+    out[#out + 1] = 'D'
+  else
+    redis.call('HSET', K.messages, id, message)
+    if process_at > NOW then
+      if group ~= '' then
+        redis.call('HSET', K.task_groups, id, group)
+      end
+      to_scored(K, id, 's', K.scheduled, tscore(process_at, next_seq(K, 1)))
+      out[#out + 1] = 's'
+    elseif group ~= '' then
+      to_group(K, id, group, NOW, order_of(NOW, next_seq(K, 1)))
+      out[#out + 1] = 'g'
+    else
+      to_pending(K, id, false)
+      became_pending = became_pending + 1
+      out[#out + 1] = 'p'
+    end
+    if lock then
+      take_unique(K, ukey, id, math.max(process_at, NOW) + unique_ttl)
+    end
+  end
+end
+notify(K, became_pending)
+return out
