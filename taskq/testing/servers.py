@@ -453,10 +453,16 @@ class RedisServer:
     # -- commands
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """A client TLS context trusting the test CA (None without TLS)."""
+        """A client TLS context trusting the test CA and presenting the client certificate.
+
+        The certificate lets admin connections in when the server requires
+        mutual TLS (``tls-auth-clients yes``).
+        """
         if self.tls is None:
             return None
-        return ssl.create_default_context(cafile=str(self.tls.ca_cert))
+        context = ssl.create_default_context(cafile=str(self.tls.ca_cert))
+        context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
+        return context
 
     def connect(self, timeout: float = 2.0) -> RespConnection:
         """An admin connection (as the default user).
