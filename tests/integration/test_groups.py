@@ -9,6 +9,7 @@ leaves exactly one aggregated task behind once another server takes over.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 import taskq
+from taskq._sync import run_sync
 from taskq.brokers.base import Broker
 from taskq.mux import Context, ServeMux
 from taskq.runtime.config import Config
@@ -65,8 +67,19 @@ def shared_broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return _url(request.param, request, tmp_path)
 
 
-def _broker(url: str) -> Broker:
-    return taskq.connect(url)
+@pytest.fixture
+def connect() -> Iterator[Callable[[str], Broker]]:
+    """taskq.connect, with every broker closed (and its connections collected) at the end."""
+    opened: list[Broker] = []
+
+    def _connect(url: str) -> Broker:
+        opened.append(taskq.connect(url))
+        return opened[-1]
+
+    yield _connect
+    for broker in opened:
+        run_sync(broker.close())
+    gc.collect()
 
 
 class Digests:
@@ -115,9 +128,13 @@ def serve(broker: Broker, digests: Digests, **group_config: Any) -> Server:
     ids=["grace-period", "max-delay", "max-size"],
 )
 def test_three_grouped_tasks_arrive_as_one_joined_task(
-    broker_url: str, trigger: str, group_config: dict[str, Any], earliest: float
+    connect: Callable[[str], Broker],
+    broker_url: str,
+    trigger: str,
+    group_config: dict[str, Any],
+    earliest: float,
 ) -> None:
-    broker = _broker(broker_url)
+    broker = connect(broker_url)
     client = taskq.Client(broker)
     digests = Digests()
     server = serve(broker, digests, **group_config)
@@ -135,8 +152,10 @@ def test_three_grouped_tasks_arrive_as_one_joined_task(
     assert (stats.aggregating, stats.groups, stats.pending, stats.active) == (0, 0, 0, 0)
 
 
-def test_per_queue_limits_apply_to_their_queue_only(broker_url: str) -> None:
-    broker = _broker(broker_url)
+def test_per_queue_limits_apply_to_their_queue_only(
+    connect: Callable[[str], Broker], broker_url: str
+) -> None:
+    broker = connect(broker_url)
     client = taskq.Client(broker)
     digests = Digests()
     server = serve(
@@ -203,9 +222,12 @@ def reaper() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def test_a_server_killed_between_read_and_finish_leaves_exactly_one_aggregated_task(
-    shared_broker_url: str, tmp_path: Path, reaper: list[subprocess.Popen[bytes]]
+    connect: Callable[[str], Broker],
+    shared_broker_url: str,
+    tmp_path: Path,
+    reaper: list[subprocess.Popen[bytes]],
 ) -> None:
-    broker = _broker(shared_broker_url)
+    broker = connect(shared_broker_url)
     client = taskq.Client(broker)
     marker = tmp_path / "aggregating"
     proc = _spawn(tmp_path, shared_broker_url, marker)
