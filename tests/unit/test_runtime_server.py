@@ -364,3 +364,22 @@ def test_config_defaults_follow_the_design() -> None:
 
 def test_config_accepts_seconds_for_durations() -> None:
     assert Config(lease=3).lease == timedelta(seconds=3)
+
+
+def test_a_cpu_bound_sync_handler_does_not_starve_the_heartbeat(broker: InMemoryBroker) -> None:
+    runs: list[int] = []
+    mux = ServeMux()
+
+    @mux.handle("t")
+    def spin(ctx: Context, task: taskq.Task) -> None:
+        runs.append(1)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # pure Python: holds the GIL between switches
+            sum(range(1000))
+
+    msg = message("t", retention=60_000)
+    enqueue(broker, msg)
+    with serving(broker, mux, lease=0.6, recoverer_interval=0.1):
+        wait_until(lambda: info(broker, msg).state is TaskState.COMPLETED, timeout=10)
+    assert runs == [1]
+    assert info(broker, msg).retried == 0
