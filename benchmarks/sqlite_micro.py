@@ -10,6 +10,7 @@ disk as ``--dir``):
   + 16 concurrent ``done`` calls; and batched (``dequeue(count=--batch)`` +
   ``done_many``);
 * drain/s of two consumer processes on the same file (write-lock contention);
+* drain/s of one real worker (``taskq.Server``, concurrency 10, no-op handler);
 * cross-process wake-up latency of a waiting ``dequeue`` (median and max);
 * CPU used by a consumer waiting on an idle queue.
 
@@ -26,6 +27,7 @@ import multiprocessing
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -146,6 +148,32 @@ async def _wake_latency(path: str, rounds: int) -> list[float]:
     return samples
 
 
+def _worker_drain(path: str, n: int, concurrency: int) -> float:
+    """Drain ``n`` no-op tasks with one real taskq worker (``taskq.Server``); tasks/s."""
+    import taskq  # the runtime, only for this phase
+
+    handled = threading.Semaphore(0)
+    mux = taskq.ServeMux()
+
+    @mux.handle("bench:")
+    async def noop(ctx: Any, task: Any) -> None:
+        handled.release()
+
+    client = taskq.Client(path)
+    for start in range(0, n, 100):
+        client.enqueue_many([taskq.Task("bench:noop", PAYLOAD) for _ in range(min(100, n - start))])
+    server = taskq.Server(path, taskq.Config(concurrency=concurrency))
+    started = time.perf_counter()
+    server.start(mux)
+    try:
+        for _ in range(n):
+            if not handled.acquire(timeout=60):
+                raise RuntimeError("the worker stopped handling tasks")
+        return n / (time.perf_counter() - started)
+    finally:
+        server.shutdown()
+
+
 async def _idle_cpu(path: str, seconds: float) -> float:
     broker = SQLiteBroker(path)
     await broker.ping()
@@ -217,6 +245,10 @@ async def run(
         f"dequeue {batch} + done_many, 2 procs: {results['drain_batch_2proc_per_s']:>7,.0f} /s"
         " (sum of both)"
     )
+
+    url = "sqlite:///" + fresh("worker")
+    results["worker_drain_per_s"] = await asyncio.to_thread(_worker_drain, url, single_n, 10)
+    log(f"one taskq worker, concurrency 10: {results['worker_drain_per_s']:>7,.0f} tasks/s")
 
     samples = await _wake_latency(fresh("wake"), 15)
     results["wake_ms_median"] = statistics.median(samples)
