@@ -16,6 +16,11 @@ machine. How it works, and why:
   whose back-off grows to 100 ms) until ``busy_timeout`` ms have passed; then
   :class:`~taskq.errors.BrokerTimeoutError`. WAL mode lets readers (the
   dashboard, the inspector) run next to a writer.
+* **Group commit.** When several calls are queued on the broker thread at
+  once (concurrent enqueues, a worker acking many handlers), they share one
+  transaction, each in its own savepoint: each stays atomic (a failing call
+  rolls back only its own writes) and its caller hears back only after the
+  shared COMMIT. The commit is most of the cost of a small write.
 * **Waking waiting workers.** A ``dequeue(wait=...)`` first looks for work; if
   none, it sleeps on a future. Writes made through the same broker object wake
   it at once (in-process notification). Writes from *other* connections are

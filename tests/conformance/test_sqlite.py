@@ -22,6 +22,7 @@ import taskq
 from taskq.brokers.base import EnqueueRequest
 from taskq.brokers.sqlite import SQLiteBroker
 from taskq.errors import (
+    BrokerConnectionError,
     BrokerTimeoutError,
     InvalidArgumentError,
     TaskIDConflictError,
@@ -380,3 +381,26 @@ async def test_a_forked_child_opens_its_own_connection(broker: SQLiteBroker) -> 
     await broker.enqueue(_message("parent-again"))
     pending = await broker.list_tasks(QUEUE, TaskState.PENDING)
     assert [t.id for t in pending] == ["from-parent", "from-child", "parent-again"]
+
+
+async def test_a_cancellation_requested_through_another_connection_reaches_subscribers(
+    broker: SQLiteBroker, db_path: Path
+) -> None:
+    await broker.enqueue(_message("running"))
+    await broker.dequeue([QUEUE], count=1, lease=60_000)
+    subscription = await broker.subscribe_cancellations()
+    iterator = subscription.__aiter__()
+    first = asyncio.ensure_future(iterator.__anext__())
+    other = SQLiteBroker(str(db_path))
+    assert await other.request_cancel("running") is TaskState.ACTIVE
+    assert await asyncio.wait_for(first, 5) == "running"
+    assert await broker.cancel_requested(QUEUE, ["running"]) == {"running"}
+    await subscription.aclose()
+    await other.close()
+
+
+async def test_a_path_that_cannot_be_opened_gives_a_connection_error(tmp_path: Path) -> None:
+    broker = SQLiteBroker(str(tmp_path / "missing-dir" / "q.db"))
+    with pytest.raises(BrokerConnectionError, match="unable to open"):
+        await broker.enqueue(_message("nowhere"))
+    await broker.close()
