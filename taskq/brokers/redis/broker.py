@@ -283,7 +283,10 @@ class RedisBroker:
             shebang = await self._variant(client)
             pipe = client.pipeline(transaction=False)
             for name, keys, args in calls:
-                pipe.evalsha(self._scripts[name].variant(shebang)[0], len(keys), *keys, *args)
+                # Not pipe.evalsha(): redis-py's ClusterPipeline blocks that
+                # method, while the raw command is routed by its KEYS' slot.
+                sha = self._scripts[name].variant(shebang)[0]
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             results: list[Any] = await pipe.execute(raise_on_error=False)
             for i, result in enumerate(results):
                 if isinstance(result, redis.exceptions.NoScriptError):
