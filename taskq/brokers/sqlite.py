@@ -1484,6 +1484,11 @@ def _resolve(future: asyncio.Future[None]) -> None:
 _INHERITED: list[Any] = []
 """Broker threads' objects inherited through ``fork()``: never closed by the child."""
 
+_PEERS: weakref.WeakValueDictionary[int, _Worker] = weakref.WeakValueDictionary()
+"""Live broker threads of this process, to wake waiters of other brokers on the same file."""
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_PEERS.clear)
+
 _Job = tuple["concurrent.futures.Future[Any]", "Callable[[_Store], Any] | None"]
 _Outcome = tuple[bool, Any]
 _GROUP_MAX = 64
@@ -1505,6 +1510,10 @@ class _Worker:
         self._waiters: set[_Waiter] = set()
         self._store: _Store | None = None
         self.closed = False
+        # The same file opened by two broker objects of one process (a Client
+        # and a Server, say) wakes at once instead of at the next change check.
+        self._file = os.path.realpath(path) if path != ":memory:" else None
+        _PEERS[id(self)] = self
         self._thread = threading.Thread(target=self._main, name="taskq-sqlite", daemon=True)
         self._thread.start()
 
@@ -1553,7 +1562,15 @@ class _Worker:
             return
         store.woken_queues = set()
         store.cancel_woken = False
-        self._wake(lambda w: cancelled if w.queues is None else not w.queues.isdisjoint(queues))
+
+        def wanted(waiter: _Waiter) -> bool:
+            return cancelled if waiter.queues is None else not waiter.queues.isdisjoint(queues)
+
+        self._wake(wanted)
+        if self._file is not None:
+            for peer in list(_PEERS.values()):
+                if peer is not self and peer._file == self._file:
+                    peer._wake(wanted)
 
     def _main(self) -> None:
         last_check = 0.0

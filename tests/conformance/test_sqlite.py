@@ -404,3 +404,22 @@ async def test_a_path_that_cannot_be_opened_gives_a_connection_error(tmp_path: P
     with pytest.raises(BrokerConnectionError, match="unable to open"):
         await broker.enqueue(_message("nowhere"))
     await broker.close()
+
+
+async def test_brokers_on_one_file_in_one_process_wake_each_other_at_once(db_path: Path) -> None:
+    # A change check every 5 s: only the in-process path can wake it sooner.
+    waiting_side = SQLiteBroker(str(db_path), watch_interval=5_000)
+    producing_side = SQLiteBroker(str(db_path))
+    await waiting_side.ping()
+    await producing_side.ping()
+    waiting = asyncio.ensure_future(
+        waiting_side.dequeue([QUEUE], count=1, lease=1_000, wait=30_000)
+    )
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await producing_side.enqueue(_message("next-door"))
+    (delivery,) = await asyncio.wait_for(waiting, 10)
+    assert delivery.message.id == "next-door"
+    assert time.monotonic() - started < 0.5
+    await waiting_side.close()
+    await producing_side.close()
