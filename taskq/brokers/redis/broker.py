@@ -274,10 +274,14 @@ class RedisBroker:
     async def _run_many(
         self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
     ) -> list[Any]:
-        """Run several script calls in one pipelined round trip (not atomic together)."""
+        """Run several script calls in one round trip (not atomic together)."""
         if len(calls) == 1:
             name, keys, args = calls[0]
             return [await self._run(name, keys, *args)]
+        if self.is_cluster:
+            # redis-py refuses EVALSHA in cluster pipelines: the calls go out
+            # concurrently instead, each on a connection to its slot's node.
+            return list(await asyncio.gather(*(self._run(n, k, *a) for n, k, a in calls)))
         try:
             client = self._connector.client()
             shebang = await self._variant(client)
@@ -792,7 +796,10 @@ class RedisBroker:
             BrokerError: the subscription could not be set up.
         """
         try:
-            pubsub: Any = self._connector.client().pubsub()
+            client = self._connector.client()
+            if isinstance(client, redis.asyncio.RedisCluster):
+                await client.initialize()  # its pub/sub needs the slot map
+            pubsub: Any = client.pubsub()
             await pubsub.subscribe(self._fleet.cancel_channel)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + _SUBSCRIBE_TIMEOUT
