@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     # inspection and scheduling
     "AsyncInspector": "taskq.inspector",
     "Inspector": "taskq.inspector",
+    "QueueInfo": "taskq.inspector",
     "PeriodicTaskConfig": "taskq.scheduler",
     "PeriodicTaskManager": "taskq.scheduler",
     "Scheduler": "taskq.scheduler",
@@ -100,7 +101,7 @@ if TYPE_CHECKING:
         TaskStateError,
         UnknownBrokerError,
     )
-    from taskq.inspector import AsyncInspector, Inspector
+    from taskq.inspector import AsyncInspector, Inspector, QueueInfo
     from taskq.mux import Context, Handler, ServeMux
     from taskq.runtime.aggregator import GroupLimits
     from taskq.runtime.server import Config, Server, run
