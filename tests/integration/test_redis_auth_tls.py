@@ -20,10 +20,12 @@ import pytest
 import taskq
 from taskq.brokers.base import Broker
 from taskq.brokers.redis import LEAST_PRIVILEGE_ACL, RedisBroker
+from taskq.brokers.redis.keys import QueueKeys
 from taskq.errors import BrokerAuthError, BrokerConnectionError
 from taskq.task import TaskMessage
 from taskq.testing import BrokerConformance, FakeClock
 from taskq.testing._resp import RespConnection, RespError
+from taskq.testing.conformance import CorruptDropLease
 from taskq.testing.servers import (
     RedisServer,
     RedisServerFactory,
@@ -154,6 +156,13 @@ class TestConformanceUnderTheLeastPrivilegeACL(BrokerConformance):
             yield broker
         finally:
             await broker.close()
+
+    @pytest.fixture
+    def corrupt_drop_lease(self, acl_server: RedisServer) -> CorruptDropLease:
+        async def drop(queue: str, task_id: str) -> None:
+            acl_server.call("ZREM", QueueKeys.for_queue(queue).leases, task_id)
+
+        return drop
 
 
 # --------------------------------------------------------------------------- TLS
