@@ -54,6 +54,7 @@ SHUTDOWN = "shutdown"
 _MAX_ACK_BATCH = 1000
 _HANDLER_CACHE_SIZE = 1024
 _TRANSITION_ATTEMPTS = 5
+_FETCH_GRACE = 5.0
 
 
 class _Job:
@@ -673,27 +674,22 @@ class Processor:
         loop = asyncio.get_running_loop()
         if self._loop is None:  # never ran
             self._loop = loop
-        waits: set[asyncio.Future[Any]] = set()
+        settled: asyncio.Task[Any] | None = None
         if self._all_settled is not None and not self._all_settled.is_set():
-            waits.add(loop.create_task(self._all_settled.wait()))
-        if self._fetch is not None and not self._fetch.done():
-            waits.add(self._fetch)
-        if waits and not hurry.is_set():
+            settled = loop.create_task(self._all_settled.wait())
+        if settled is not None and not hurry.is_set():
             hurry_waiter = loop.create_task(hurry.wait())
-            deadline = loop.time() + timeout
-            pending = set(waits)
-            while pending and not hurry_waiter.done():
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                _, pending = await asyncio.wait(
-                    pending | {hurry_waiter}, timeout=left, return_when=asyncio.FIRST_COMPLETED
-                )
-                pending.discard(hurry_waiter)
+            await asyncio.wait(
+                {settled, hurry_waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             hurry_waiter.cancel()
-        for waiter in waits:
-            if waiter is not self._fetch:
-                waiter.cancel()
+        if settled is not None:
+            settled.cancel()
+        # A fetch still waiting in the broker could take the tasks requeued below:
+        # let it finish first (its own deliveries are requeued as it returns).
+        fetch = self._fetch
+        if fetch is not None and not fetch.done():
+            await asyncio.wait({fetch}, timeout=self._wait_ms / 1000 + _FETCH_GRACE)
         unfinished = [job for job in self._jobs.values() if not job.settled]
         if unfinished:
             self._log.warning("shutdown: requeueing %d unfinished task(s)", len(unfinished))

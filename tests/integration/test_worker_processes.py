@@ -188,7 +188,7 @@ def test_sigterm_requeues_tasks_outlasting_the_shutdown_timeout_without_spending
     assert worker.wait(15) == 0
     assert time.monotonic() - began < 5
     info = harness.info(task_id)
-    assert info.state is TaskState.PENDING
+    assert info.state is TaskState.PENDING, harness.stderr()
     assert info.retried == 0
 
 
@@ -203,7 +203,7 @@ def test_a_second_sigterm_requeues_running_tasks_at_once(harness: Harness) -> No
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(15) == 0
     assert time.monotonic() - began < 5
-    assert harness.state(task_id) is TaskState.PENDING
+    assert harness.state(task_id) is TaskState.PENDING, harness.stderr()
 
 
 def test_sigtstp_stops_fetching_but_keeps_running_tasks(harness: Harness) -> None:

@@ -8,10 +8,12 @@ import threading
 import time
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 import taskq
+from taskq.brokers.base import Delivery
 from taskq.brokers.memory import InMemoryBroker
 from taskq.errors import BrokerConnectionError, InvalidArgumentError, ServerClosedError
 from taskq.mux import Context, ServeMux
@@ -131,9 +133,11 @@ def test_shutdown_now_requeues_at_once_despite_a_long_shutdown_timeout(
 
     msg = message("t")
     enqueue(broker, msg)
-    server = Server(broker, Config(shutdown_timeout=60, fetch_wait=0.1))
+    # A free slot keeps a fetch waiting in the broker: it must not grab the requeued task.
+    server = Server(broker, Config(shutdown_timeout=60, fetch_wait=1.0, concurrency=2))
     server.start(mux)
     assert started.wait(5)
+    time.sleep(0.1)
     began = time.monotonic()
     server.shutdown_now()
     assert time.monotonic() - began < 3
@@ -383,3 +387,32 @@ def test_a_cpu_bound_sync_handler_does_not_starve_the_heartbeat(broker: InMemory
         wait_until(lambda: info(broker, msg).state is TaskState.COMPLETED, timeout=10)
     assert runs == [1]
     assert info(broker, msg).retried == 0
+
+
+def test_a_fetch_waiting_at_shutdown_cannot_keep_a_requeued_task() -> None:
+    class SlowReturn(InMemoryBroker):
+        """Dequeue answers late, as over a network: the take happens before the reply."""
+
+        async def dequeue(self, *args: Any, **kwargs: Any) -> list[Delivery]:
+            got = await super().dequeue(*args, **kwargs)
+            if got:
+                await asyncio.sleep(0.3)
+            return got
+
+    broker = SlowReturn()
+    started = threading.Event()
+    mux = ServeMux()
+
+    @mux.handle("t")
+    async def forever(ctx: Context, task: taskq.Task) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    msg = message("t")
+    enqueue(broker, msg)
+    server = Server(broker, Config(shutdown_timeout=60, fetch_wait=2.0, concurrency=2))
+    server.start(mux)
+    assert started.wait(5)
+    time.sleep(0.5)  # the free slot's fetch is now waiting in the broker
+    server.shutdown_now()
+    assert info(broker, msg).state is TaskState.PENDING
