@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +44,7 @@ from taskq._time import Clock, SystemClock, ms_to_dt, td_to_ms
 from taskq.brokers.base import Broker, SchedulerEntryInfo, SchedulerEvent
 from taskq.client import AsyncClient
 from taskq.errors import (
+    BrokerError,
     DuplicateTaskError,
     InvalidArgumentError,
     ServerClosedError,
@@ -64,6 +66,15 @@ _MAX_IDLE_S = 1.0
 
 def _default_logger() -> logging.Logger:
     return logging.getLogger("taskq.scheduler")
+
+
+def _log_failure(logger: logging.Logger, message: str, *args: object) -> None:
+    """Log the exception being handled: one line for a broker failure, else a traceback."""
+    error = sys.exc_info()[1]
+    if isinstance(error, BrokerError):
+        logger.error(message + ": %s", *args, error)
+    else:
+        logger.exception(message, *args)
 
 
 @attrs.frozen
@@ -246,6 +257,7 @@ class Scheduler(_Service):
         self._post_enqueue = post_enqueue
         self._logger = logger or _default_logger()
         self._client = AsyncClient(broker, clock=self._clock)
+        self._owns_broker = broker is None or isinstance(broker, str)
         self.broker: Broker = self._client.broker
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._lock = threading.Lock()
@@ -254,6 +266,7 @@ class Scheduler(_Service):
         self._wakeup: asyncio.Event | None = None
         self._wakeup_loop: asyncio.AbstractEventLoop | None = None
         self._dirty = False
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"Scheduler(id={self.id!r}, entries={len(self._slots)})"
@@ -376,7 +389,7 @@ class Scheduler(_Service):
         try:
             claimed = await self.broker.claim_scheduler_tick(entry.id, tick, ttl=self._claim_ttl)
         except Exception:
-            self._logger.exception("entry %s: could not claim tick %d", entry.id, tick)
+            _log_failure(self._logger, "entry %s: could not claim tick %d", entry.id, tick)
             self._follow_up(entry, tick)
             return False
         if not claimed:
@@ -415,7 +428,7 @@ class Scheduler(_Service):
                 return False
             events = await self.broker.scheduler_events(entry.id, limit=100)
         except Exception:
-            self._logger.exception("entry %s: could not check tick %d", entry.id, tick)
+            _log_failure(self._logger, "entry %s: could not check tick %d", entry.id, tick)
             return False
         if any(event.task_id == task_id for event in events):
             return False
@@ -449,7 +462,7 @@ class Scheduler(_Service):
             self._call_hook(self._post_enqueue, entry, None, exc)
             return False
         except Exception as exc:
-            self._logger.exception("entry %s: enqueue of tick %d failed", entry.id, tick)
+            _log_failure(self._logger, "entry %s: enqueue of tick %d failed", entry.id, tick)
             self._call_hook(self._post_enqueue, entry, None, exc)
             return None
         await self._record(entry, info.id)
@@ -462,7 +475,7 @@ class Scheduler(_Service):
         try:
             await self.broker.record_scheduler_event(entry.id, event, keep=self._history_keep)
         except Exception:
-            self._logger.exception("entry %s: could not record enqueue history", entry.id)
+            _log_failure(self._logger, "entry %s: could not record enqueue history", entry.id)
 
     def _call_hook(self, hook: Callable[..., None] | None, *args: Any) -> None:
         if hook is None:
@@ -498,7 +511,7 @@ class Scheduler(_Service):
                 self.id, self._entry_infos(), ttl=2 * self._heartbeat_ms
             )
         except Exception:
-            self._logger.exception("could not publish scheduler entries")
+            _log_failure(self._logger, "could not publish scheduler entries")
 
     # ------------------------------------------------------------------ loop
 
@@ -512,8 +525,14 @@ class Scheduler(_Service):
         """Run the scheduler in the current event loop until ``stop`` is set.
 
         Publishes the entries, enqueues each due tick, and on the way out
-        withdraws the published entries (and closes a broker it created).
+        withdraws the published entries. A broker the scheduler created from a
+        URL is closed then, and the scheduler cannot run again.
+
+        Raises:
+            ServerClosedError: the scheduler closed its broker in an earlier run.
         """
+        if self._closed:
+            raise ServerClosedError(f"scheduler {self.id} was shut down and closed its broker")
         self._wakeup = asyncio.Event()
         self._wakeup_loop = asyncio.get_running_loop()
         self._logger.info("scheduler %s started with %d entries", self.id, len(self._slots))
@@ -535,6 +554,7 @@ class Scheduler(_Service):
             with contextlib.suppress(Exception):
                 await self.broker.clear_scheduler_entries(self.id)
             await self._client.close()
+            self._closed = self._owns_broker
             self._logger.info("scheduler %s stopped", self.id)
 
 

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -30,7 +31,7 @@ import attrs
 
 from taskq._time import Clock, dt_to_ms, td_to_ms
 from taskq.brokers.base import Broker
-from taskq.errors import InvalidArgumentError
+from taskq.errors import BrokerError, InvalidArgumentError
 from taskq.task import DEFAULT_MAX_RETRY, Task, TaskMessage
 
 __all__ = [
@@ -50,6 +51,15 @@ _MAX_SETS_PER_PASS = 100
 
 GroupAggregateFunc = Callable[[str, list[Task]], Task | Awaitable[Task]]
 """``fn(group, tasks) -> Task``: a plain function or a coroutine function."""
+
+
+def _log_failure(logger: logging.Logger, message: str, *args: object) -> None:
+    """Log the exception being handled: one line for a broker failure, else a traceback."""
+    error = sys.exc_info()[1]
+    if isinstance(error, BrokerError):
+        logger.error(message + ": %s", *args, error)
+    else:
+        logger.exception(message, *args)
 
 
 class SupportsAggregate(Protocol):
@@ -235,7 +245,7 @@ class Aggregator:
                     queue, older_than=self._reclaim_after_ms
                 )
             except Exception:
-                self._logger.exception("queue %r: reclaiming stale aggregation sets failed", queue)
+                _log_failure(self._logger, "queue %r: reclaiming stale sets failed", queue)
                 continue
             if n:
                 self._logger.warning(
@@ -257,7 +267,7 @@ class Aggregator:
             try:
                 groups = await self._broker.groups(queue)
             except Exception:
-                self._logger.exception("queue %r: listing groups failed", queue)
+                _log_failure(self._logger, "queue %r: listing groups failed", queue)
                 continue
             for info in groups:
                 if stop is not None and stop.is_set():
@@ -274,7 +284,9 @@ class Aggregator:
                     queue, group, grace_period=grace, max_delay=max_delay, max_size=max_size
                 )
             except Exception:
-                self._logger.exception("queue %r group %r: aggregation check failed", queue, group)
+                _log_failure(
+                    self._logger, "queue %r group %r: aggregation check failed", queue, group
+                )
                 break
             if set_id is None or not await self._aggregate_set(queue, group, set_id):
                 break
@@ -289,8 +301,6 @@ class Aggregator:
             result = await self._call(group, [m.to_task() for m in messages])
             message = self._message(queue, group, result)
             finished = await self._broker.finish_aggregation(queue, group, set_id, message)
-        except asyncio.CancelledError:
-            raise
         except Exception:
             self._logger.exception(
                 "queue %r group %r: aggregation failed; its tasks are kept and will be "

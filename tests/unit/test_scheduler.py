@@ -14,7 +14,12 @@ import pytest
 
 from taskq._time import dt_to_ms, ms_to_dt
 from taskq.brokers.memory import InMemoryBroker
-from taskq.errors import DuplicateTaskError, InvalidArgumentError
+from taskq.errors import (
+    BrokerConnectionError,
+    DuplicateTaskError,
+    InvalidArgumentError,
+    ServerClosedError,
+)
 from taskq.scheduler import Scheduler, SchedulerEntry
 from taskq.task import Task, TaskInfo, TaskState
 from taskq.testing import FakeClock
@@ -444,3 +449,51 @@ def test_start_and_shutdown_run_the_scheduler_in_the_background() -> None:
     time.sleep(0.3)
     assert len(enqueued) == count  # stopped
     scheduler.shutdown()  # idempotent
+
+
+class FlakyBroker(InMemoryBroker):
+    """Refuses the first ``failures`` claims as if the broker were unreachable."""
+
+    def __init__(self, clock: FakeClock, failures: int) -> None:
+        super().__init__(clock=clock)
+        self.failures = failures
+
+    async def claim_scheduler_tick(self, entry_id: str, tick: int, *, ttl: int) -> bool:
+        if self.failures > 0:
+            self.failures -= 1
+            raise BrokerConnectionError("connection refused")
+        return await super().claim_scheduler_tick(entry_id, tick, ttl=ttl)
+
+
+async def test_a_tick_whose_claim_failed_is_tried_again_and_logged_in_one_line(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = FlakyBroker(clock, failures=1)
+    scheduler = make(broker, clock, recovery_delay=timedelta(seconds=2))
+    scheduler.register("@every 10s", Task("tick"))
+    with caplog.at_level(logging.ERROR, logger="taskq.scheduler"):
+        fired = await drive(
+            [scheduler], clock, total=timedelta(seconds=12), step=timedelta(seconds=1)
+        )
+    assert len(fired) == 1  # at 12 s: the 10 s tick, once the broker answered again
+    assert "could not claim tick" in caplog.text
+    assert "connection refused" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert len(await pending(broker)) == 1
+
+
+async def test_a_scheduler_that_closed_the_broker_it_created_cannot_serve_again() -> None:
+    scheduler = Scheduler("memory://")
+    stop = asyncio.Event()
+    stop.set()
+    await scheduler.serve(stop)
+    with pytest.raises(ServerClosedError):
+        await scheduler.serve(stop)
+
+
+async def test_a_scheduler_on_a_given_broker_can_serve_again(broker: InMemoryBroker) -> None:
+    scheduler = Scheduler(broker)
+    stop = asyncio.Event()
+    stop.set()
+    await scheduler.serve(stop)
+    await scheduler.serve(stop)
