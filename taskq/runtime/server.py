@@ -298,6 +298,7 @@ class Server:
                 self._log.exception("taskq server crashed")
         finally:
             try:
+                loop.run_until_complete(_cancel_leftovers())
                 loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 self._loop = None
@@ -455,6 +456,15 @@ class Server:
             status=state,
             active_workers=tuple(processor.workers()) if processor is not None else (),
         )
+
+
+async def _cancel_leftovers() -> None:
+    """Cancel what is still pending (a component that ignored its stop) before the loop closes."""
+    current = asyncio.current_task()
+    leftovers = [t for t in asyncio.all_tasks() if t is not current]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
 
 
 async def _join(tasks: list[asyncio.Task[Any]], log: logging.Logger) -> None:
