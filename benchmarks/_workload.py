@@ -180,8 +180,10 @@ def _delta(before: dict[str, float] | None, after: dict[str, float] | None, key:
 class Workers:
     """Worker processes of one phase, each stopped by its pid."""
 
-    def __init__(self, script: str, url: str, count: int, stats_dir: Path) -> None:
-        env = dict(os.environ, BENCH_STATS_DIR=str(stats_dir), PYTHONUNBUFFERED="1")
+    def __init__(
+        self, script: str, url: str, count: int, stats_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        env = dict(os.environ, **(env or {}), BENCH_STATS_DIR=str(stats_dir), PYTHONUNBUFFERED="1")
         argv = [sys.executable, script, "worker", "--url", url]
         self.procs: list[subprocess.Popen[bytes]] = []
         log = open(stats_dir / "worker.log", "ab")  # noqa: SIM115 (kept for the processes' life)
@@ -313,11 +315,16 @@ class Bench:
             self.out["mem_bytes_per_task"] = (storage() - stored) / n
 
     def phase_batch(self) -> None:
-        """Batch enqueue (timed) when the library has one; else pre-enqueue one by one."""
+        """Batch enqueue (timed) when the library has one; else refill one by one, untimed.
+
+        The refill only replaces what the previous drain took: a drain stopped
+        by the time cap left the rest pending, and the N-process drain also
+        stops at ``n`` tasks or at the cap.
+        """
         seconds = self.batch_n(self.args.n)
         if seconds is None:
             self.out["batch_rate"] = None
-            self.enqueue_n(self.args.n)
+            self.enqueue_n(self.out.get("drain1_handled") or self.args.n)
         else:
             self.out["batch_rate"] = self.args.n / seconds
 
@@ -346,12 +353,14 @@ class Bench:
         self.out[f"{key}_worker_cpu_ms"] = 1000 * sum(s["cpu"] for s in stats) / handled
         self.out[f"{key}_redis_cpu_us"] = 1e6 * _delta(before, after, "cpu") / handled
 
-    def _workers(self, procs: int, stats_dir: Path) -> Workers | LocalWorker:
+    def _workers(
+        self, procs: int, stats_dir: Path, env: dict[str, str] | None = None
+    ) -> Workers | LocalWorker:
         if getattr(self.a, "in_process", False):
             if procs != 1:
                 raise NotImplementedError("this broker only serves workers in its own process")
             return LocalWorker(self.a, stats_dir)
-        return Workers(self.script, self.args.url, procs, stats_dir)
+        return Workers(self.script, self.args.url, procs, stats_dir, env)
 
     def _wait(
         self,
@@ -386,7 +395,8 @@ class Bench:
         count, spacing = self.args.latency_n, self.args.latency_spacing
         stats_dir = self.tmp / "latency"
         stats_dir.mkdir()
-        workers = self._workers(1, stats_dir)
+        # A library whose idle worker polls may state a separate latency setting.
+        workers = self._workers(1, stats_dir, getattr(self.a, "latency_env", None))
         try:
             # Warm up: the worker is up, connected and idle before the timed tasks.
             self.spaced(WARMUP_TASKS, spacing, stamp=False)
@@ -433,7 +443,7 @@ class Bench:
                     phases[name]()
                 except Exception as exc:  # one failed phase must not hide the others
                     log = self.tmp / name / "worker.log"
-                    tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+                    tail = log.read_text(errors="replace")[-300:] if log.exists() else ""
                     self.out["errors"].append(f"{name}: {type(exc).__name__}: {exc} {tail}".strip())
         finally:
             self.run(_call(self.a.close()))
@@ -451,8 +461,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--latency-n", type=int, default=500)
     parser.add_argument("--latency-spacing", type=float, default=0.005)
-    parser.add_argument("--phases", default="enqueue,drain1,batch,drainN,latency")
-    parser.add_argument("--drain-cap", type=float, default=20.0, help="seconds, see phase_drain")
+    # Latency first, while the queue is empty (a capped drain leaves tasks behind).
+    parser.add_argument("--phases", default="latency,enqueue,drain1,batch,drainN")
+    parser.add_argument("--drain-cap", type=float, default=10.0, help="seconds, see phase_drain")
     return parser.parse_args(argv)
 
 

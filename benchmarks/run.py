@@ -192,11 +192,15 @@ def ensure_venv(peer: str, log: Callable[[str], None]) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
-    subprocess.run(
+    done = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PEERS[peer]],
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=900,
+        check=False,
     )
+    if done.returncode != 0:
+        raise SystemExit(f"pip install for {peer} failed:\n{done.stdout}{done.stderr}")
     marker.write_text(wanted)
     return python
 
@@ -489,8 +493,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--drain-cap",
         type=float,
-        default=20.0,
-        help="stop a drain after this many seconds of handling (default 20)",
+        default=10.0,
+        help="stop a drain after this many seconds of handling (default 10)",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="per library run, seconds")
     args = parser.parse_args(argv)
