@@ -51,7 +51,7 @@ from taskq.brokers.redis.client import (
     translate_error,
 )
 from taskq.brokers.redis.keys import DEFAULT_PREFIX, FleetKeys, QueueKeys
-from taskq.brokers.redis.scripts import Script, load_scripts
+from taskq.brokers.redis.scripts import load_scripts
 from taskq.errors import (
     BrokerError,
     BrokerTimeoutError,
@@ -197,7 +197,7 @@ class RedisBroker:
         self._scripts = load_scripts()
         self._shebang: bool | None = None
         self._queue_keys: dict[str, QueueKeys] = {}
-        self._script_keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._script_keys: dict[tuple[str, str], tuple[bytes, ...]] = {}
         self._subscriptions: weakref.WeakSet[_CancelSubscription] = weakref.WeakSet()
         self._closes = 0
 
@@ -237,11 +237,13 @@ class RedisBroker:
             keys = self._queue_keys[queue] = QueueKeys.for_queue(queue, self._prefix)
         return keys
 
-    def _keys_for(self, script: Script, queue: str) -> tuple[str, ...]:
-        cached = self._script_keys.get((script.name, queue))
+    def _keys_for(self, name: str, queue: str) -> tuple[bytes, ...]:
+        """The KEYS of script ``name`` for ``queue`` (cached, already encoded)."""
+        cached = self._script_keys.get((name, queue))
         if cached is None:
-            cached = self._keys(queue).named(script.keys)
-            self._script_keys[(script.name, queue)] = cached
+            names = self._scripts[name].keys
+            cached = tuple(k.encode() for k in self._keys(queue).named(names))
+            self._script_keys[(name, queue)] = cached
         return cached
 
     def _now_arg(self) -> str | int:
@@ -258,30 +260,31 @@ class RedisBroker:
                 self._shebang = True
         return self._shebang
 
-    async def _run(self, name: str, keys: Sequence[str], *args: Any) -> Any:
+    async def _run(self, name: str, keys: Sequence[str | bytes], *args: Any) -> Any:
         """Run script ``name`` (EVALSHA, then EVAL after a NOSCRIPT)."""
         script = self._scripts[name]
         try:
             client = self._connector.client()
-            sha, source = script.variant(await self._variant(client))
+            shebang = self._shebang
+            if shebang is None:
+                shebang = await self._variant(client)
             try:
-                return await client.evalsha(sha, len(keys), *keys, *args)
+                return await client.evalsha(
+                    script.sha if shebang else script.plain_sha, len(keys), *keys, *args
+                )
             except redis.exceptions.NoScriptError:
+                source = script.source if shebang else script.plain_source
                 return await client.eval(source, len(keys), *keys, *args)
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, name) from exc
 
     async def _run_many(
-        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]]
+        self, calls: Sequence[tuple[str, Sequence[str | bytes], Sequence[Any]]]
     ) -> list[Any]:
         """Run several script calls in one round trip (not atomic together)."""
         if len(calls) == 1:
             name, keys, args = calls[0]
             return [await self._run(name, keys, *args)]
-        if self.is_cluster:
-            # redis-py refuses EVALSHA in cluster pipelines: the calls go out
-            # concurrently instead, each on a connection to its slot's node.
-            return list(await asyncio.gather(*(self._run(n, k, *a) for n, k, a in calls)))
         try:
             client = self._connector.client()
             shebang = await self._variant(client)
@@ -371,10 +374,10 @@ class RedisBroker:
                 raise InvalidArgumentError("task ids and group names must not contain NUL")
             by_queue.setdefault(message.queue, []).append(index)
         now = self._now_arg()
-        calls: list[tuple[str, Sequence[str], Sequence[Any]]] = []
+        calls: list[tuple[str, Sequence[str | bytes], Sequence[Any]]] = []
         chunks: list[tuple[str, list[int]]] = []
         for queue, indexes in by_queue.items():
-            keys = self._keys_for(self._scripts["enqueue"], queue)
+            keys = self._keys_for("enqueue", queue)
             for start in range(0, len(indexes), _ENQUEUE_CHUNK):
                 chunk = indexes[start : start + _ENQUEUE_CHUNK]
                 args: list[Any] = [now]
@@ -456,14 +459,13 @@ class RedisBroker:
                 return got
 
     async def _take(self, names: Sequence[str], count: int, lease: int) -> list[Delivery]:
-        script = self._scripts["dequeue"]
         if not self.is_cluster:
-            all_keys = [k for q in names for k in self._keys_for(script, q)]
+            all_keys = [k for q in names for k in self._keys_for("dequeue", q)]
             reply = await self._run("dequeue", all_keys, self._now_arg(), count, lease, _nonce())
             return await self._deliveries(reply, lease)
         out: list[Delivery] = []
         for queue in names:
-            keys = self._keys_for(script, queue)
+            keys = self._keys_for("dequeue", queue)
             reply = await self._run(
                 "dequeue", keys, self._now_arg(), count - len(out), lease, _nonce()
             )
@@ -533,12 +535,12 @@ class RedisBroker:
         if not by_queue:
             return []
         now = self._now_arg()
-        calls: list[tuple[str, Sequence[str], Sequence[Any]]] = []
+        calls: list[tuple[str, Sequence[str | bytes], Sequence[Any]]] = []
         for queue, indexes in by_queue.items():
             args: list[Any] = [now, lease]
             for i in indexes:
                 args += (refs[i].task_id, refs[i].token)
-            calls.append(("extend", self._keys_for(self._scripts["extend"], queue), args))
+            calls.append(("extend", self._keys_for("extend", queue), args))
         replies = await self._run_many(calls)
         out = [False] * len(refs)
         for indexes, reply in zip(by_queue.values(), replies, strict=True):
@@ -579,10 +581,10 @@ class RedisBroker:
         for index, (ref, _) in enumerate(items):
             by_queue.setdefault(ref.queue, []).append(index)
         now = self._now_arg()
-        calls: list[tuple[str, Sequence[str], Sequence[Any]]] = []
+        calls: list[tuple[str, Sequence[str | bytes], Sequence[Any]]] = []
         chunks: list[list[int]] = []
         for queue, indexes in by_queue.items():
-            keys = self._keys_for(self._scripts["ack"], queue)
+            keys = self._keys_for("ack", queue)
             for start in range(0, len(indexes), _ACK_CHUNK):
                 chunk = indexes[start : start + _ACK_CHUNK]
                 args: list[Any] = [now]
@@ -602,7 +604,7 @@ class RedisBroker:
         return out
 
     async def _fenced(self, name: str, ref: LeaseRef, *args: Any) -> None:
-        keys = self._keys_for(self._scripts[name], ref.queue)
+        keys = self._keys_for(name, ref.queue)
         if await self._run(name, keys, self._now_arg(), ref.task_id, ref.token, *args) != 1:
             raise _lease_lost(ref)
 
@@ -654,24 +656,24 @@ class RedisBroker:
 
     async def forward(self, queue: str, *, limit: int = 1000) -> int:
         """Move up to ``limit`` due scheduled and retry tasks to pending (or their group)."""
-        keys = self._keys_for(self._scripts["forward"], queue)
+        keys = self._keys_for("forward", queue)
         return int(await self._run("forward", keys, self._now_arg(), max(limit, 0)))
 
     async def expired_leases(self, queue: str, *, limit: int = 100) -> list[str]:
         """Ids of active tasks whose lease expired (or that have none)."""
-        keys = self._keys_for(self._scripts["expired_leases"], queue)
+        keys = self._keys_for("expired_leases", queue)
         reply = await self._run("expired_leases", keys, self._now_arg(), max(limit, 0))
         return [_text(i) for i in reply]
 
     async def reclaim_expired(self, queue: str, *, lease: int, limit: int = 100) -> list[Delivery]:
         """Take over active tasks whose lease expired (or is missing) with fresh tokens."""
-        keys = self._keys_for(self._scripts["reclaim"], queue)
+        keys = self._keys_for("reclaim", queue)
         reply = await self._run("reclaim", keys, self._now_arg(), lease, max(limit, 0), _nonce())
         return await self._deliveries(reply, lease)
 
     async def delete_expired_completed(self, queue: str, *, limit: int = 100) -> int:
         """Delete up to ``limit`` completed tasks whose retention has ended."""
-        keys = self._keys_for(self._scripts["delete_expired_completed"], queue)
+        keys = self._keys_for("delete_expired_completed", queue)
         return int(
             await self._run("delete_expired_completed", keys, self._now_arg(), max(limit, 0))
         )
@@ -1191,7 +1193,7 @@ class RedisBroker:
         await self._pause(queue, False)
 
     async def _pause(self, queue: str, paused: bool) -> None:
-        keys = self._keys_for(self._scripts["pause"], queue)
+        keys = self._keys_for("pause", queue)
         if await self._run("pause", keys, self._now_arg(), int(paused)) != 1:
             raise QueueNotFoundError(f"queue {queue!r} does not exist")
 

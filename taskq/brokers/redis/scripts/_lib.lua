@@ -1,6 +1,7 @@
 -- Helpers shared by every taskq script. The loader (scripts.py) builds each
 -- script as: the script's shebang line, a generated key table `K` (key name ->
--- KEYS[i], from the script's "KEYS:" header line), this file, the script body.
+-- KEYS[i], from the script's "KEYS:" header line), the definitions of this file
+-- that the script uses, the script body.
 --
 -- Conventions:
 --   ARGV[1] is "now" in epoch ms, or "" to use the server's TIME.

@@ -11,18 +11,18 @@
 -- consumer blocks on) is cleared when its pending list empties, and refilled
 -- when tasks remain, so that another waiting consumer wakes up for them.
 
-local count, lease, prefix = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local wanted, lease, prefix = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local out = {NOW}
 local taken = 0
-for g = 0, #KEYS / #KEY_NAMES - 1 do
-  if taken >= count then
+for g = 0, #KEYS / KEY_COUNT - 1 do
+  if taken >= wanted then
     break
   end
   local Q = keyset(g)
   if redis.call('EXISTS', Q.paused) == 1 then
     redis.call('DEL', Q.notify)
   else
-    local ids = redis.call('RPOP', Q.pending, count - taken)
+    local ids = redis.call('RPOP', Q.pending, wanted - taken)
     if ids then
       local seq = next_seq(Q, #ids)
       for n, id in ipairs(ids) do
