@@ -183,7 +183,8 @@ class _Service:
     def run(self) -> None:
         """Start, block until SIGTERM or SIGINT (or a fatal error), then shut down.
 
-        Call it from the main thread of the process.
+        Signals are handled only when called from the main thread; from another
+        thread it returns once another thread calls :meth:`shutdown`.
         """
         signalled = threading.Event()
 
@@ -191,7 +192,9 @@ class _Service:
             self._logger.info("received %s, shutting down", signal.Signals(signum).name)
             signalled.set()
 
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start()
             future = self._future

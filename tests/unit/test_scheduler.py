@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -497,3 +498,15 @@ async def test_a_scheduler_on_a_given_broker_can_serve_again(broker: InMemoryBro
     stop.set()
     await scheduler.serve(stop)
     await scheduler.serve(stop)
+
+
+def test_run_from_another_thread_returns_after_shutdown() -> None:
+    running = threading.Event()
+    scheduler = Scheduler(InMemoryBroker(), post_enqueue=lambda entry, info, err: running.set())
+    scheduler.register("@every 100ms", Task("tick"))
+    runner = threading.Thread(target=scheduler.run)
+    runner.start()
+    assert running.wait(5)
+    scheduler.shutdown()
+    runner.join(5)
+    assert not runner.is_alive()
