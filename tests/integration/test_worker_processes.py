@@ -138,7 +138,13 @@ def test_a_worker_killed_mid_task_loses_nothing_and_only_in_flight_tasks_run_aga
 ) -> None:
     ids = harness.enqueue(0.3, count=24, retention=KEEP, max_retry=5)
     first = harness.start("--concurrency", "4", "--lease", "3")
-    wait_for(lambda: len(harness.ended()) >= 6, 20, "some tasks to finish")
+    def mid_run() -> bool:
+        attempts = harness.attempts()
+        started = {a.task_id for a in attempts if a.event == "start"}
+        ended = {a.task_id for a in attempts if a.event == "end"}
+        return len(ended) >= 6 and bool(started - ended)
+
+    wait_for(mid_run, 20, "some tasks finished and some running")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     killed_at = time.time()
