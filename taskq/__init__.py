@@ -78,37 +78,41 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from taskq._time import Clock, SystemClock
-    from taskq.brokers.base import Broker
-    from taskq.brokers.memory import InMemoryBroker
-    from taskq.brokers.registry import connect
-    from taskq.brokers.sqlite import SQLiteBroker
-    from taskq.client import AsyncClient, Client
+    from taskq._time import Clock as Clock, SystemClock as SystemClock
+    from taskq.brokers.base import Broker as Broker
+    from taskq.brokers.memory import InMemoryBroker as InMemoryBroker
+    from taskq.brokers.registry import connect as connect
+    from taskq.brokers.sqlite import SQLiteBroker as SQLiteBroker
+    from taskq.client import AsyncClient as AsyncClient, Client as Client
     from taskq.errors import (
-        BrokerConnectionError,
-        BrokerError,
-        BrokerTimeoutError,
-        DuplicateTaskError,
-        InvalidArgumentError,
-        LeaseLostError,
-        QueueNotEmptyError,
-        QueueNotFoundError,
-        RevokeTask,
-        SkipRetry,
-        TaskIDConflictError,
-        TaskNotFoundError,
-        TaskqError,
-        TaskStateError,
-        UnknownBrokerError,
+        BrokerConnectionError as BrokerConnectionError,
+        BrokerError as BrokerError,
+        BrokerTimeoutError as BrokerTimeoutError,
+        DuplicateTaskError as DuplicateTaskError,
+        InvalidArgumentError as InvalidArgumentError,
+        LeaseLostError as LeaseLostError,
+        QueueNotEmptyError as QueueNotEmptyError,
+        QueueNotFoundError as QueueNotFoundError,
+        RevokeTask as RevokeTask,
+        SkipRetry as SkipRetry,
+        TaskIDConflictError as TaskIDConflictError,
+        TaskNotFoundError as TaskNotFoundError,
+        TaskqError as TaskqError,
+        TaskStateError as TaskStateError,
+        UnknownBrokerError as UnknownBrokerError,
     )
-    from taskq.inspector import AsyncInspector, Inspector, QueueInfo
-    from taskq.mux import Context, Handler, ServeMux
-    from taskq.runtime.aggregator import GroupLimits
-    from taskq.runtime.server import Config, Server, run
+    from taskq.inspector import (
+        AsyncInspector as AsyncInspector,
+        Inspector as Inspector,
+        QueueInfo as QueueInfo,
+    )
+    from taskq.mux import Context as Context, Handler as Handler, ServeMux as ServeMux
+    from taskq.runtime.aggregator import GroupLimits as GroupLimits
+    from taskq.runtime.server import Config as Config, Server as Server, run as run
     from taskq.scheduler import (
-        PeriodicTaskConfig,
-        PeriodicTaskManager,
-        Scheduler,
-        SchedulerEntry,
+        PeriodicTaskConfig as PeriodicTaskConfig,
+        PeriodicTaskManager as PeriodicTaskManager,
+        Scheduler as Scheduler,
+        SchedulerEntry as SchedulerEntry,
     )
-    from taskq.task import Task, TaskInfo, TaskState
+    from taskq.task import Task as Task, TaskInfo as TaskInfo, TaskState as TaskState
