@@ -327,15 +327,19 @@ async def test_an_unreachable_server_raises_a_connection_error_without_the_passw
 # --------------------------------------------------------------------------- data model
 
 
+@pytest.mark.parametrize(
+    "stored", [b'{"v": 99, "id": "bad", "queue": "q"}', b"\xff not json", b'{"v": 1}']
+)
 async def test_a_message_that_cannot_be_decoded_is_archived_at_dequeue(
-    broker: RedisBroker, fake: fakeredis.aioredis.FakeRedis
+    broker: RedisBroker, fake: fakeredis.aioredis.FakeRedis, stored: bytes
 ) -> None:
+    await broker.enqueue(_message("other", queue="empty"))
     await broker.enqueue(_message("bad"))
     await broker.enqueue(_message("good"))
     keys = QueueKeys.for_queue("q")
-    await fake.hset(keys.messages, "bad", b'{"v": 99, "id": "bad", "queue": "q"}')
-    got = await broker.dequeue(["q"], count=2, lease=1000)
-    assert [d.message.id for d in got] == ["good"]
+    await fake.hset(keys.messages, "bad", stored)
+    got = await broker.dequeue(["empty", "q"], count=3, lease=1000)
+    assert [d.message.id for d in got] == ["other", "good"]
     assert (await fake.hget(keys.states, "bad") or b"")[:1] == b"x"
     stats = await broker.queue_stats("q")
     assert (stats.archived, stats.active) == (1, 1)

@@ -462,40 +462,35 @@ class RedisBroker:
         if not self.is_cluster:
             all_keys = [k for q in names for k in self._keys_for("dequeue", q)]
             reply = await self._run("dequeue", all_keys, self._now_arg(), count, lease, _nonce())
-            return await self._deliveries(reply, lease)
+            return await self._deliveries(reply, lease, names)
         out: list[Delivery] = []
         for queue in names:
             keys = self._keys_for("dequeue", queue)
             reply = await self._run(
                 "dequeue", keys, self._now_arg(), count - len(out), lease, _nonce()
             )
-            out += await self._deliveries(reply, lease)
+            out += await self._deliveries(reply, lease, (queue,))
             if len(out) >= count:
                 break
         return out
 
-    async def _deliveries(self, reply: list[Any], lease: int) -> list[Delivery]:
+    async def _deliveries(
+        self, reply: list[Any], lease: int, queues: Sequence[str]
+    ) -> list[Delivery]:
+        """Deliveries from a dequeue or reclaim reply; ``queues`` in the script's KEYS order."""
         now = int(reply[0])
         expires = now + lease
         out: list[Delivery] = []
-        for i in range(1, len(reply), 3):
-            token = _text(reply[i + 1])
+        for i in range(1, len(reply), 5):
+            token = _text(reply[i + 3])
             try:
-                message = TaskMessage.decode(reply[i])
+                message = TaskMessage.decode(reply[i + 2])
             except (MessageDecodeError, SchemaVersionError) as exc:
-                await self._archive_undecodable(reply[i], token, exc)
+                ref = LeaseRef(queues[int(reply[i])], _text(reply[i + 1]), token)
+                await self.archive(ref, error=f"undecodable task message: {exc}")
                 continue
-            out.append(Delivery(message, token, expires, now, int(reply[i + 2])))
+            out.append(Delivery(message, token, expires, now, int(reply[i + 4])))
         return out
-
-    async def _archive_undecodable(self, raw: bytes, token: str, exc: Exception) -> None:
-        """Archive a leased task whose message cannot be decoded (bad input never loops)."""
-        try:
-            doc = json.loads(raw)
-            ref = LeaseRef(str(doc["queue"]), str(doc["id"]), token)
-        except (ValueError, KeyError, TypeError):
-            return  # not even its id is readable: its lease expires and it stays visible
-        await self.archive(ref, error=f"undecodable task message: {exc}")
 
     async def _wait_for_work(self, names: Sequence[str], remaining: float) -> None:
         """Block until a notify list of ``names`` gets a token, or ``remaining`` seconds pass."""
@@ -669,7 +664,7 @@ class RedisBroker:
         """Take over active tasks whose lease expired (or is missing) with fresh tokens."""
         keys = self._keys_for("reclaim", queue)
         reply = await self._run("reclaim", keys, self._now_arg(), lease, max(limit, 0), _nonce())
-        return await self._deliveries(reply, lease)
+        return await self._deliveries(reply, lease, (queue,))
 
     async def delete_expired_completed(self, queue: str, *, limit: int = 100) -> int:
         """Delete up to ``limit`` completed tasks whose retention has ended."""

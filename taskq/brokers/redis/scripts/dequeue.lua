@@ -3,8 +3,9 @@
 --
 -- KEYS: meta paused pending messages states active leases tokens notify (repeated per queue)
 -- ARGV: now, count, lease (ms), token prefix (random per call)
--- Returns: {now, message, token, pending_since, message, token, pending_since, ...}
---   at most `count` tasks: all the first queue has, then the next queue, and so on.
+-- Returns: {now, then 5 values per task: queue position (0 = first queue), task id,
+--   message, token, pending_since}; at most `count` tasks: all the first queue has,
+--   then the next queue, and so on.
 --
 -- Paused queues are skipped. Each task gets a fresh token (prefix .. n) and a
 -- lease ending now + lease. A queue's notify list (the wake-up tokens a waiting
@@ -36,6 +37,8 @@ for g = 0, #KEYS / KEY_COUNT - 1 do
           redis.call('ZADD', Q.leases, NOW + lease, id)
           redis.call('HSET', Q.tokens, id, token)
           set_state(Q, id, 'a', since)
+          out[#out + 1] = g
+          out[#out + 1] = id
           out[#out + 1] = message
           out[#out + 1] = token
           out[#out + 1] = since

@@ -3,7 +3,8 @@
 --
 -- KEYS: active leases tokens messages states
 -- ARGV: now, lease (ms), limit, token prefix (random per call)
--- Returns: {now, message, token, pending_since, ...} like dequeue.
+-- Returns: {now, then 5 values per task: 0, task id, message, token, pending_since}
+--   like dequeue.
 --
 -- Each task stays active with a fresh token and a lease ending now + lease, so
 -- the previous holder's late transitions are refused; the caller then settles
@@ -20,6 +21,8 @@ for _, id in ipairs(expired_or_unleased(K, limit)) do
     local _, since = get_state(K, id)
     redis.call('ZADD', K.leases, NOW + lease, id)
     redis.call('HSET', K.tokens, id, token)
+    out[#out + 1] = 0
+    out[#out + 1] = id
     out[#out + 1] = message
     out[#out + 1] = token
     out[#out + 1] = since
