@@ -404,3 +404,14 @@ async def test_stats_have_no_memory_figure_where_the_server_cannot_tell(
 ) -> None:
     await broker.enqueue(_message())
     assert (await broker.queue_stats("q")).memory_bytes is None
+
+
+def test_clients_of_ended_event_loops_are_forgotten() -> None:
+    server = fakeredis.FakeServer()
+    broker = RedisBroker(lambda: fakeredis.aioredis.FakeRedis(server=server))
+
+    async def use() -> int:
+        await broker.ping()
+        return len(broker._connector._clients)
+
+    assert [asyncio.run(use()) for _ in range(3)] == [1, 1, 1]

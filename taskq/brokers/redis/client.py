@@ -143,7 +143,6 @@ class Connector:
         self._clients: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[AsyncRedis, Callable[[], Awaitable[None]]]
         ] = weakref.WeakKeyDictionary()
-        self._closed = False
 
     def client(self) -> AsyncRedis:
         """The client of the running event loop (created on first use)."""
@@ -154,13 +153,15 @@ class Connector:
         with self._lock:
             found = self._clients.get(loop)
             if found is None:
+                # A client may keep its loop alive; forget those of loops that ended.
+                for ended in [other for other in self._clients if other.is_closed()]:
+                    del self._clients[ended]
                 if self._first is not None:
                     first, self._first = self._first, None
                     found = (first, _nothing)
                 else:
                     found = self._factory()
                 self._clients[loop] = found
-                self._closed = False
             return found[0]
 
     def socket_timeout(self) -> float | None:
@@ -182,7 +183,6 @@ class Connector:
         with self._lock:
             handles = list(self._clients.items())
             self._clients.clear()
-            self._closed = True
         current = asyncio.get_running_loop()
         for loop, (_, close) in handles:
             with contextlib.suppress(Exception):
