@@ -167,6 +167,42 @@ def test_a_malformed_url_is_refused_with_a_clear_error(url: str) -> None:
     assert SECRET not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://localhost:6380/0",
+        "rediss+sentinel://h1:26379/mymaster/0",
+        "rediss+cluster://h1:7000",
+    ],
+)
+def test_tls_urls_verify_the_server_certificate_and_host_name(url: str) -> None:
+    async def ssl_settings() -> dict[str, object]:
+        connector = connector_from_url(url)
+        client = connector.client()
+        if isinstance(client, redis.asyncio.RedisCluster):
+            kwargs = client.get_connection_kwargs()
+        else:
+            kwargs = client.connection_pool.connection_kwargs
+        await connector.aclose()
+        return dict(kwargs)
+
+    kwargs = asyncio.run(ssl_settings())
+    assert kwargs["ssl_cert_reqs"] == "required"
+    assert kwargs["ssl_check_hostname"] is True
+
+
+def test_a_tls_url_may_turn_verification_off_explicitly() -> None:
+    async def ssl_settings() -> dict[str, object]:
+        connector = connector_from_url("rediss://localhost:6380/0?ssl_cert_reqs=none")
+        client = connector.client()
+        assert isinstance(client, redis.asyncio.Redis)
+        kwargs = dict(client.connection_pool.connection_kwargs)
+        await connector.aclose()
+        return kwargs
+
+    assert asyncio.run(ssl_settings())["ssl_cert_reqs"] == "none"
+
+
 def test_a_sentinel_object_needs_a_service_name() -> None:
     sentinel = redis.sentinel.Sentinel([("127.0.0.1", 26379)])
     with pytest.raises(InvalidArgumentError, match="service_name"):

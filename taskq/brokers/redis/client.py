@@ -239,7 +239,18 @@ def _base_kwargs(userinfo: str, query: str, tls: bool, db: int | None) -> dict[s
         kwargs.pop(key, None)
     if tls:
         kwargs["ssl"] = True
+        kwargs.update(_verify_defaults(kwargs))
     return kwargs
+
+
+def _verify_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """Certificate and host name checks for TLS unless the URL chose otherwise.
+
+    (Older redis-py versions do not check host names by default.)
+    """
+    if "ssl_cert_reqs" in options or "ssl_check_hostname" in options:
+        return {}
+    return {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
 
 
 def connector_from_url(url: str) -> Connector:
@@ -266,8 +277,10 @@ def connector_from_url(url: str) -> Connector:
         if scheme in ("redis", "rediss", "unix"):
             redis.asyncio.connection.parse_url(url)  # validate now, not on first use
 
+            tls = _verify_defaults(query) if scheme == "rediss" else {}
+
             def standalone() -> _Handle:
-                client = redis.asyncio.Redis.from_url(url, decode_responses=False)
+                client = redis.asyncio.Redis.from_url(url, decode_responses=False, **tls)
                 return client, client.aclose
 
             return Connector(standalone, url=shown, is_cluster=False, secrets=secrets)
