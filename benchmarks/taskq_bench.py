@@ -17,7 +17,7 @@ import _workload
 
 import taskq
 
-CONCURRENCY = int(os.environ.get("BENCH_TASKQ_CONCURRENCY", "100"))
+CONCURRENCY = int(os.environ.get("BENCH_TASKQ_CONCURRENCY", "1000"))
 BATCH = 1000
 TASK_TYPE = "noop"
 

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _workload
 from saq import Queue, Worker
 
-CONCURRENCY = int(os.environ.get("BENCH_SAQ_CONCURRENCY", "10"))
+CONCURRENCY = int(os.environ.get("BENCH_SAQ_CONCURRENCY", "100"))
 
 
 async def noop(ctx: dict[str, Any], *, sent: float = 0.0) -> None:

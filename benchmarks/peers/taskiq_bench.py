@@ -15,7 +15,7 @@ import _workload
 from taskiq.api import run_receiver_task
 from taskiq_redis import RedisStreamBroker
 
-MAX_ASYNC = int(os.environ.get("BENCH_TASKIQ_MAX_ASYNC", "100"))
+MAX_ASYNC = int(os.environ.get("BENCH_TASKIQ_MAX_ASYNC", "1000"))
 
 
 def _broker(url: str) -> tuple[Any, Any]:
