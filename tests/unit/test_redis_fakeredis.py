@@ -16,7 +16,7 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
-from taskq.brokers.redis import RedisBroker
+from taskq.brokers.redis import LEAST_PRIVILEGE_ACL, RedisBroker
 from taskq.brokers.redis.client import connector_from_url, translate_error
 from taskq.brokers.redis.keys import QUEUE_KEY_NAMES, QueueKeys
 from taskq.brokers.redis.scripts import load_scripts
@@ -451,3 +451,10 @@ def test_clients_of_ended_event_loops_are_forgotten() -> None:
         return len(broker._connector._clients)
 
     assert [asyncio.run(use()) for _ in range(3)] == [1, 1, 1]
+
+
+def test_the_least_privilege_acl_allows_every_command_the_scripts_call() -> None:
+    allowed = {rule[1:] for rule in LEAST_PRIVILEGE_ACL.split() if rule.startswith("+")}
+    for name, script in load_scripts().items():
+        called = {c.lower() for c in re.findall(r"redis\.call\('(\w+)'", script.plain_source)}
+        assert called <= allowed, f"{name} calls {called - allowed}"

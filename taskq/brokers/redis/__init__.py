@@ -9,12 +9,12 @@ __all__ = ["LEAST_PRIVILEGE_ACL", "RedisBroker"]
 
 LEAST_PRIVILEGE_ACL = (
     "resetkeys ~taskq:* resetchannels &taskq:cancel -@all"
-    " +ping +hello +auth +select +time +command +cluster|slots +cluster|shards +cluster|nodes"
+    " +ping +hello +auth +select +time +command +cluster|slots"
     " +eval +evalsha +blpop +publish +subscribe +unsubscribe +memory|usage"
     " +sadd +srem +smembers +smismember +hgetall +zrevrange"
     " +hset +hsetnx +hget +hmget +hdel +hexists +hincrby +hlen +hkeys"
     " +lpush +rpush +rpop +llen +lrem +lrange +lindex +exists +set +del +unlink"
-    " +zadd +zrem +zscore +zcard +zrange +zrangebyscore +zrangebylex +zrevrangebylex"
+    " +zadd +zrem +zscore +zmscore +zcard +zrange +zrangebyscore +zrangebylex +zrevrangebylex"
     " +zlexcount +zremrangebylex +zremrangebyscore +zremrangebyrank"
 )
 """The ACL rules a RedisBroker user needs with the default ``taskq`` key prefix.
