@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta, timezone
+from importlib.metadata import entry_points
 
 import pytest
 
@@ -85,5 +86,9 @@ def test_the_plugin_provides_a_clock_fixture(pytester: pytest.Pytester) -> None:
             assert clock.now_ms() == before + 5
         """
     )
-    result = pytester.runpytest_inprocess("-p", "taskq.testing.plugin", "-p", "no:cacheprovider")
+    # Installed taskq registers the plug-in through its pytest11 entry point;
+    # only an uninstalled checkout needs it named with -p.
+    autoloaded = any(ep.value == "taskq.testing.plugin" for ep in entry_points(group="pytest11"))
+    plugin_args = () if autoloaded else ("-p", "taskq.testing.plugin")
+    result = pytester.runpytest_inprocess(*plugin_args, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
