@@ -21,8 +21,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not redis and not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check taskq tests benchmarks contrib
-	$(BIN)/ruff format --check taskq tests benchmarks contrib
+	$(BIN)/ruff check taskq tests benchmarks contrib examples
+	$(BIN)/ruff format --check taskq tests benchmarks contrib examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy taskq

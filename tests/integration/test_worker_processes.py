@@ -138,6 +138,7 @@ def test_a_worker_killed_mid_task_loses_nothing_and_only_in_flight_tasks_run_aga
 ) -> None:
     ids = harness.enqueue(0.3, count=24, retention=KEEP, max_retry=5)
     first = harness.start("--concurrency", "4", "--lease", "3")
+
     def mid_run() -> bool:
         attempts = harness.attempts()
         started = {a.task_id for a in attempts if a.event == "start"}
