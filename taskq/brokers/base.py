@@ -514,7 +514,8 @@ class Canceller(Protocol):
         misses the notification still sees it via :meth:`cancel_requested`)
         and subscribers are notified. A task that has not started (pending,
         scheduled, retry, aggregating) is archived with reason "canceled", so
-        it never runs. With ``queue`` None, every queue is searched.
+        it never runs, and releases the unique lock (if it still owns it).
+        With ``queue`` None, every queue is searched.
 
         Returns:
             the state the task was in, or None if no such task exists.
@@ -649,6 +650,8 @@ class Admin(Protocol):
     async def archive_task(self, queue: str, task_id: str) -> None:
         """Move a pending, scheduled, retry or aggregating task to archived.
 
+        Releases the unique lock (if the task still owns it).
+
         Raises:
             QueueNotFoundError, TaskNotFoundError, TaskStateError (active, archived, completed).
         """
@@ -672,7 +675,10 @@ class Admin(Protocol):
     async def archive_all(
         self, queue: str, state: TaskState, *, group: str | None = None, limit: int = 1000
     ) -> int:
-        """Archive up to ``limit`` tasks in ``state`` as :meth:`archive_task` does."""
+        """Archive up to ``limit`` tasks in ``state`` as :meth:`archive_task` does.
+
+        Releases each task's unique lock (if the task still owns it).
+        """
         ...
 
     async def pause_queue(self, queue: str) -> None:
