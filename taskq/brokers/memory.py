@@ -866,7 +866,10 @@ class InMemoryBroker:
     # ------------------------------------------------------------------ cancellation
 
     async def request_cancel(self, task_id: str, queue: str | None = None) -> TaskState | None:
-        """Mark an active task cancelled (and notify), or archive one not yet started."""
+        """Mark an active task cancelled (and notify), or archive one not yet started.
+
+        Archiving releases the task's unique lock (if it still owns it).
+        """
         with self._lock:
             names = [queue] if queue is not None else sorted(self._queues)
             for name in names:
@@ -1120,6 +1123,7 @@ class InMemoryBroker:
             )
         now = self._now()
         self._detach(q, entry)
+        self._release_lock(q, entry)
         if reason:
             entry.msg = attrs.evolve(entry.msg, last_error=reason, last_failed_at=now)
         self._to_scored(q, entry, _ARCHIVED, now)
@@ -1146,6 +1150,8 @@ class InMemoryBroker:
 
     async def archive_task(self, queue: str, task_id: str) -> None:
         """Move a pending, scheduled, retry or aggregating task to archived.
+
+        Releases its unique lock (if the task still owns it).
 
         Raises:
             QueueNotFoundError, TaskNotFoundError, TaskStateError (active, archived, completed).
@@ -1205,6 +1211,8 @@ class InMemoryBroker:
         self, queue: str, state: TaskState, *, group: str | None = None, limit: int = 1000
     ) -> int:
         """Archive up to ``limit`` tasks in ``state`` as :meth:`archive_task`; how many.
+
+        Releases each task's unique lock (if the task still owns it).
 
         Raises:
             QueueNotFoundError; TaskStateError: ``state`` is active, archived or completed.

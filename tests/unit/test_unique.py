@@ -246,14 +246,15 @@ async def test_deleting_all_pending_tasks_releases_their_locks(aclient: AsyncCli
     await aclient.enqueue(Task("email", b"2"), unique=HOUR)
 
 
-async def test_archiving_by_hand_keeps_the_lock_until_its_ttl(
-    aclient: AsyncClient, clock: FakeClock
-) -> None:
-    info = await aclient.enqueue(Task("email", b"42"), unique=timedelta(seconds=30))
+async def test_archiving_by_hand_releases_the_lock(aclient: AsyncClient) -> None:
+    info = await aclient.enqueue(Task("email", b"42"), unique=HOUR)
     await aclient.broker.archive_task("default", info.id)
-    with pytest.raises(DuplicateTaskError):
-        await aclient.enqueue(Task("email", b"42"), unique=HOUR)
-    clock.advance(timedelta(seconds=30))
+    await aclient.enqueue(Task("email", b"42"), unique=HOUR)
+
+
+async def test_cancelling_a_task_before_it_runs_releases_the_lock(aclient: AsyncClient) -> None:
+    info = await aclient.enqueue(Task("email", b"42"), unique=HOUR, process_in=HOUR)
+    assert await aclient.broker.request_cancel(info.id) is TaskState.SCHEDULED
     await aclient.enqueue(Task("email", b"42"), unique=HOUR)
 
 
