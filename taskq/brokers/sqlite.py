@@ -640,6 +640,12 @@ class _Store:
                 (queue, unique_key, task_id),
             )
 
+    def _release_lock_of(self, seq: int, queue: str, task_id: str) -> None:
+        unique_key = self.conn.execute(
+            "SELECT unique_key FROM tasks WHERE seq = ?", (seq,)
+        ).fetchone()[0]
+        self._release_lock(queue, unique_key, task_id)
+
     def _count(self, queue: str, now: int, processed: int, failed: int) -> None:
         self.conn.execute(
             "UPDATE queues SET processed_total = processed_total + ?,"
@@ -765,6 +771,7 @@ class _Store:
             except (MessageDecodeError, SchemaVersionError) as exc:
                 # Never hand out (or loop on) a message nobody can read.
                 _log.warning("archiving undecodable task %r in queue %r: %s", task_id, queue, exc)
+                self._release_lock_of(seq, queue, task_id)
                 self._set_state(seq, _ARCHIVED, now)
                 continue
             token = self._new_token()
@@ -1091,6 +1098,7 @@ class _Store:
                     msg = attrs.evolve(
                         _load(raw, name, task_id), last_error=_CANCELED, last_failed_at=now
                     )
+                    self._release_lock_of(seq, name, task_id)
                     self._set_state(seq, _ARCHIVED, now, msg)
                 return TaskState(state)
             return None
@@ -1344,10 +1352,7 @@ class _Store:
         seq, task_id, state, *_, queue = row
         if state == _ACTIVE:
             raise TaskStateError(f"task {task_id!r} is active; it cannot be deleted")
-        unique_key = self.conn.execute(
-            "SELECT unique_key FROM tasks WHERE seq = ?", (seq,)
-        ).fetchone()[0]
-        self._release_lock(queue, unique_key, task_id)
+        self._release_lock_of(seq, queue, task_id)
         self.conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))
 
     def _run_row(self, row: Any, now: int) -> None:
@@ -1370,9 +1375,10 @@ class _Store:
         self._make_pending(seq, queue, now)
 
     def _archive_row(self, row: Any, now: int) -> None:
-        seq, task_id, state, *_ = row
+        seq, task_id, state, *_, queue = row
         if state in (_ACTIVE, _ARCHIVED, _COMPLETED):
             raise TaskStateError(f"task {task_id!r} is {state}; it cannot be archived")
+        self._release_lock_of(seq, queue, task_id)
         self._set_state(seq, _ARCHIVED, now)
 
     def delete_task(self, queue: str, task_id: str) -> None:
@@ -2082,7 +2088,10 @@ class SQLiteBroker:
     # ------------------------------------------------------------ cancellation
 
     async def request_cancel(self, task_id: str, queue: str | None = None) -> TaskState | None:
-        """Mark an active task cancelled (and notify), or archive one not yet started."""
+        """Mark an active task cancelled (and notify), or archive one not yet started.
+
+        Archiving releases the task's unique lock (if it still owns it).
+        """
         return await self._call(lambda s: s.request_cancel(task_id, queue))
 
     async def cancel_requested(self, queue: str, task_ids: Sequence[str]) -> set[str]:
@@ -2205,6 +2214,8 @@ class SQLiteBroker:
     async def archive_task(self, queue: str, task_id: str) -> None:
         """Move a pending, scheduled, retry or aggregating task to archived.
 
+        Releases its unique lock (if the task still owns it).
+
         Raises:
             QueueNotFoundError, TaskNotFoundError, TaskStateError (active, archived, completed).
         """
@@ -2236,6 +2247,8 @@ class SQLiteBroker:
         self, queue: str, state: TaskState, *, group: str | None = None, limit: int = 1000
     ) -> int:
         """Archive up to ``limit`` tasks in ``state`` as :meth:`archive_task`; how many.
+
+        Releases each task's unique lock (if the task still owns it).
 
         Raises:
             QueueNotFoundError; TaskStateError: ``state`` is active, archived or completed.

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import taskq
@@ -245,6 +246,20 @@ async def test_an_undecodable_stored_message_is_archived_instead_of_delivered(
     assert info.state is TaskState.ARCHIVED
     assert info.payload == b"\x00not json"
     assert "not valid JSON" in info.last_error
+
+
+async def test_archiving_an_undecodable_message_releases_its_unique_lock(
+    broker: SQLiteBroker, db_path: Path
+) -> None:
+    await broker.enqueue(attrs.evolve(_message("corrupt"), unique_key="uk"), unique_ttl=3_600_000)
+    conn = _raw(db_path)
+    conn.execute("UPDATE tasks SET msg = ? WHERE id = 'corrupt'", (b"\x00not json",))
+    conn.close()
+
+    assert await broker.dequeue([QUEUE], count=1, lease=1_000) == []
+    assert (await broker.get_task(QUEUE, "corrupt")).state is TaskState.ARCHIVED
+    again = attrs.evolve(_message("again"), unique_key="uk")
+    assert await broker.enqueue(again, unique_ttl=3_600_000) is TaskState.PENDING
 
 
 class _GateClock:
