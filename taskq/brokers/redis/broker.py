@@ -757,6 +757,7 @@ class RedisBroker:
     async def request_cancel(self, task_id: str, queue: str | None = None) -> TaskState | None:
         """Mark an active task cancelled (persisted, and published), or archive one not started.
 
+        Archiving releases the task's unique lock (if it still owns it).
         With ``queue`` None every known queue is searched (sorted); the first
         one holding the id is used.
         """
@@ -1136,6 +1137,8 @@ class RedisBroker:
     async def archive_task(self, queue: str, task_id: str) -> None:
         """Move a pending, scheduled, retry or aggregating task to archived.
 
+        Releases its unique lock (if the task still owns it).
+
         Raises:
             QueueNotFoundError, TaskNotFoundError, TaskStateError (active, archived, completed).
         """
@@ -1165,6 +1168,8 @@ class RedisBroker:
         self, queue: str, state: TaskState, *, group: str | None = None, limit: int = 1000
     ) -> int:
         """Archive up to ``limit`` tasks in ``state`` as :meth:`archive_task`; how many.
+
+        Releases each task's unique lock (if the task still owns it).
 
         Raises:
             QueueNotFoundError; TaskStateError: ``state`` is active, archived or completed.

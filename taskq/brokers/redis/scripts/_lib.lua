@@ -272,8 +272,10 @@ local function expired_or_unleased(K, limit)
   return ids
 end
 
+-- A task that has not started -> archived (by hand or cancelled); releases its unique lock.
 local function archive_by_hand(K, id, letter, since, extra, reason)
   detach(K, id, letter, since, extra)
+  release_unique(K, id)
   if reason then
     patch_message(K, id, function(msg)
       msg.last_error = reason

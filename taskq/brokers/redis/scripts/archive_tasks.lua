@@ -6,6 +6,8 @@
 -- ARGV: now, task id ("" = select by state), state letter, group ("" = all), limit
 -- Returns: {"Q"} unknown queue, {"N"} no such task, {"S", letter} not allowed in
 --   that state (active, archived, completed; nothing changed), else {"OK", how many}.
+--
+-- Releases each archived task's unique lock (if the task still owns it).
 
 if redis.call('EXISTS', K.meta) == 0 then
   return {'Q'}

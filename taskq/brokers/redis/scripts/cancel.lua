@@ -7,8 +7,8 @@
 --
 -- An active task joins the `cancelled` set (a persisted flag its worker polls;
 -- the caller also publishes the id). A pending, scheduled, retry or aggregating
--- task is archived with the reason "canceled". Archived and completed tasks
--- are left alone.
+-- task is archived with the reason "canceled" and releases its unique lock (if
+-- it still owns it). Archived and completed tasks are left alone.
 
 local id = ARGV[2]
 local letter, since, extra = get_state(K, id)
