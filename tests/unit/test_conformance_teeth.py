@@ -103,6 +103,26 @@ VARIANTS: dict[str, tuple[str, str]] = {
         """,
         "unique_lock",
     ),
+    "keeps_the_unique_lock_when_archived_by_hand": (
+        """
+        class Variant(InMemoryBroker):
+            def _archive_by_hand(self, q, entry, reason=""):
+                held = q.locks.get(entry.msg.unique_key)
+                super()._archive_by_hand(q, entry, reason)
+                if held is not None:
+                    q.locks[entry.msg.unique_key] = held
+        """,
+        "archiving_a_waiting_task_by_hand",
+    ),
+    "archiving_by_hand_frees_a_lock_another_task_owns": (
+        """
+        class Variant(InMemoryBroker):
+            def _archive_by_hand(self, q, entry, reason=""):
+                super()._archive_by_hand(q, entry, reason)
+                q.locks.pop(entry.msg.unique_key, None)
+        """,
+        "lock_another_task_took",
+    ),
     "ignores_the_unique_lock": (
         """
         class Variant(InMemoryBroker):

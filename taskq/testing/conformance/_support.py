@@ -88,23 +88,29 @@ async def state_of(broker: Broker, task_id: str, queue: str = QUEUE) -> TaskStat
 
 
 async def put_in_state(
-    broker: Broker, state: TaskState, *, queue: str = QUEUE, **fields: Any
+    broker: Broker,
+    state: TaskState,
+    *,
+    queue: str = QUEUE,
+    unique_ttl: int = 0,
+    **fields: Any,
 ) -> TaskMessage:
     """Create one task in ``state`` using only protocol methods.
 
     For ``active`` the queue must hold no other pending task. Retry and
     scheduled tasks are due one hour from now; completed ones are kept one hour.
+    With ``unique_ttl`` (and a ``unique_key`` field) it takes a unique lock.
     """
     if state is TaskState.AGGREGATING:
         fields.setdefault("group", "g1")
     message = make_message(queue=queue, **fields)
     if state is TaskState.SCHEDULED:
-        await broker.schedule(message, await broker.now() + HOUR)
+        await broker.schedule(message, await broker.now() + HOUR, unique_ttl=unique_ttl)
         return message
     if state is TaskState.AGGREGATING:
-        await broker.add_to_group(message)
+        await broker.add_to_group(message, unique_ttl=unique_ttl)
         return message
-    await broker.enqueue(message)
+    await broker.enqueue(message, unique_ttl=unique_ttl)
     if state is TaskState.PENDING:
         return message
     delivery = await take(broker, queue)

@@ -11,7 +11,7 @@ import pytest
 
 from taskq.brokers.base import Ack, Broker, Delivery
 from taskq.errors import DuplicateTaskError, TaskNotFoundError
-from taskq.task import TaskState
+from taskq.task import TaskMessage, TaskState
 from taskq.testing.clock import FakeClock
 from taskq.testing.conformance._support import (
     HOUR,
@@ -21,6 +21,7 @@ from taskq.testing.conformance._support import (
     make_message,
     ms_of,
     put,
+    put_in_state,
     state_of,
     take,
 )
@@ -34,6 +35,17 @@ _RELEASES: dict[str, Callable[[Broker, Delivery], Awaitable[None]]] = {
     "done_many": lambda b, d: _done_many(b, d),
     "delete_task": lambda b, d: _delete_after_retry(b, d),
 }
+
+
+# Every way a task that has not started is archived by hand; each takes the
+# task and the state it is in.
+_ARCHIVES_BY_HAND: dict[str, Callable[[Broker, TaskMessage, TaskState], Awaitable[object]]] = {
+    "archive_task": lambda b, m, s: b.archive_task(QUEUE, m.id),
+    "archive_all": lambda b, m, s: b.archive_all(QUEUE, s),
+    "request_cancel": lambda b, m, s: b.request_cancel(m.id, QUEUE),
+}
+
+_WAITING = [TaskState.PENDING, TaskState.SCHEDULED, TaskState.RETRY, TaskState.AGGREGATING]
 
 
 async def _done_many(broker: Broker, delivery: Delivery) -> None:
@@ -264,6 +276,28 @@ class TimeConformance(ConformanceBase):
         await broker.enqueue(message, unique_ttl=HOUR)
         await broker.delete_task(QUEUE, message.id)
         assert await _lock_is_free(broker)
+
+    @pytest.mark.parametrize("state", _WAITING, ids=str)
+    @pytest.mark.parametrize("how", list(_ARCHIVES_BY_HAND))
+    async def test_archiving_a_waiting_task_by_hand_releases_its_unique_lock(
+        self, broker: Broker, how: str, state: TaskState
+    ) -> None:
+        message = await put_in_state(broker, state, unique_key="uk", unique_ttl=HOUR)
+        assert not await _lock_is_free(broker)
+        await _ARCHIVES_BY_HAND[how](broker, message, state)
+        assert await state_of(broker, message.id) is TaskState.ARCHIVED
+        assert await _lock_is_free(broker)
+
+    @pytest.mark.parametrize("how", list(_ARCHIVES_BY_HAND))
+    async def test_archiving_by_hand_leaves_a_lock_another_task_took_alone(
+        self, broker: Broker, clock: FakeClock, how: str
+    ) -> None:
+        first = await put_in_state(broker, TaskState.RETRY, unique_key="uk", unique_ttl=1_000)
+        clock.advance(1_000)
+        await broker.enqueue(make_message(unique_key="uk"), unique_ttl=HOUR)
+        await _ARCHIVES_BY_HAND[how](broker, first, TaskState.RETRY)
+        assert await state_of(broker, first.id) is TaskState.ARCHIVED
+        assert not await _lock_is_free(broker)
 
     async def test_a_unique_lock_expires_after_its_ttl(
         self, broker: Broker, clock: FakeClock
