@@ -553,6 +553,8 @@ class AsyncInspector:
     async def archive_task(self, queue: str, task_id: str) -> None:
         """Archive a pending, scheduled, retry or aggregating task (it will not run).
 
+        Releases its unique lock (if the task still owns it).
+
         Raises:
             QueueNotFoundError, TaskNotFoundError, TaskStateError (active, archived, completed).
         """
@@ -564,7 +566,7 @@ class AsyncInspector:
         An active task is told to stop (its handler sees ``ctx.cancelled``);
         the request is persisted, so a worker that misses the notification
         still sees it. A task that has not started yet is archived with the
-        reason "canceled" so it never runs.
+        reason "canceled" so it never runs, and its unique lock is released.
 
         Args:
             task_id: the task.
@@ -616,6 +618,8 @@ class AsyncInspector:
         self, queue: str, state: TaskState | str, *, group: str | None = None
     ) -> int:
         """Archive every task of ``queue`` in ``state``, in chunks; returns how many.
+
+        Releases each task's unique lock (if the task still owns it).
 
         Raises:
             InvalidArgumentError: ``state`` is active, archived, completed or unknown.

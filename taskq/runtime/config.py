@@ -177,8 +177,9 @@ class Config:
             nor deadline.
         no_retry_errors: exception types that archive the task at once (the
             payload cannot be decoded, so retrying cannot help).
-        release_unique_on_archive: release a unique task's lock when it is
-            archived (so an equal task can be enqueued again at once).
+        release_unique_on_archive: release a unique task's lock when a worker
+            archives it (so an equal task can be enqueued again at once).
+            Archiving by hand or cancelling before start always releases it.
         group_aggregator: ``(group, tasks) -> task`` (plain or ``async def``), or an
             object with such an ``aggregate`` method; None turns aggregation off.
         group_grace_period: aggregate once no task joined the group for this long
