@@ -44,7 +44,6 @@ commit.
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import functools
@@ -67,6 +66,7 @@ from urllib.parse import parse_qsl, unquote
 import attrs
 
 from taskq._time import Clock, SystemClock
+from taskq.brokers._fleet_codec import entry_from_doc, entry_to_doc, server_from_doc, server_to_doc
 from taskq.brokers.base import (
     Ack,
     DailyStats,
@@ -78,7 +78,6 @@ from taskq.brokers.base import (
     SchedulerEntryInfo,
     SchedulerEvent,
     ServerInfo,
-    WorkerInfo,
 )
 from taskq.errors import (
     BrokerConnectionError,
@@ -119,6 +118,7 @@ _CANCELED = "canceled"
 _CANCELLATION_KEEP_MS = 3_600_000
 _MAX_PARAMS = 500
 _BATCH_CHUNK = 1000
+_COMPACT = (",", ":")  # json.dumps separators of the stored fleet documents
 _MIN_SQLITE = (3, 24, 0)
 
 _PENDING = TaskState.PENDING.value
@@ -265,93 +265,6 @@ def _translate(exc: sqlite3.Error, path: str) -> BrokerError:
 
 
 # --------------------------------------------------------------------------- encoding
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _server_to_json(info: ServerInfo) -> str:
-    return json.dumps(
-        {
-            "id": info.id,
-            "host": info.host,
-            "pid": info.pid,
-            "concurrency": info.concurrency,
-            "queues": dict(info.queues),
-            "strict_priority": info.strict_priority,
-            "started_at": info.started_at,
-            "status": info.status,
-            "active_workers": [
-                {
-                    "task_id": w.task_id,
-                    "task_type": w.task_type,
-                    "queue": w.queue,
-                    "started_at": w.started_at,
-                    "deadline": w.deadline,
-                    "payload": _b64(w.payload),
-                }
-                for w in info.active_workers
-            ],
-        },
-        separators=(",", ":"),
-    )
-
-
-def _server_from_json(text: str) -> ServerInfo:
-    doc = json.loads(text)
-    workers = tuple(
-        WorkerInfo(
-            task_id=w["task_id"],
-            task_type=w["task_type"],
-            queue=w["queue"],
-            started_at=w["started_at"],
-            deadline=w["deadline"],
-            payload=base64.b64decode(w["payload"]),
-        )
-        for w in doc["active_workers"]
-    )
-    return ServerInfo(
-        id=doc["id"],
-        host=doc["host"],
-        pid=doc["pid"],
-        concurrency=doc["concurrency"],
-        queues=doc["queues"],
-        strict_priority=doc["strict_priority"],
-        started_at=doc["started_at"],
-        status=doc["status"],
-        active_workers=workers,
-    )
-
-
-def _entry_to_json(entry: SchedulerEntryInfo) -> str:
-    return json.dumps(
-        {
-            "id": entry.id,
-            "spec": entry.spec,
-            "task_type": entry.task_type,
-            "payload": _b64(entry.payload),
-            "options": dict(entry.options),
-            "next_enqueue_at": entry.next_enqueue_at,
-            "prev_enqueue_at": entry.prev_enqueue_at,
-            "scheduler_id": entry.scheduler_id,
-        },
-        separators=(",", ":"),
-    )
-
-
-def _entry_from_json(text: str) -> SchedulerEntryInfo:
-    doc = json.loads(text)
-    return SchedulerEntryInfo(
-        id=doc["id"],
-        spec=doc["spec"],
-        task_type=doc["task_type"],
-        payload=base64.b64decode(doc["payload"]),
-        options=doc["options"],
-        next_enqueue_at=doc["next_enqueue_at"],
-        prev_enqueue_at=doc["prev_enqueue_at"],
-        scheduler_id=doc["scheduler_id"],
-    )
 
 
 def _load(raw: bytes, queue: str, task_id: str) -> TaskMessage:
@@ -1142,7 +1055,7 @@ class _Store:
             self.conn.execute("DELETE FROM servers WHERE expires_at <= ?", (now,))
             self.conn.execute(
                 "INSERT OR REPLACE INTO servers (id, info, expires_at) VALUES (?, ?, ?)",
-                (info.id, _server_to_json(info), now + ttl),
+                (info.id, json.dumps(server_to_doc(info), separators=_COMPACT), now + ttl),
             )
 
         self._write(op)
@@ -1155,7 +1068,7 @@ class _Store:
             rows = self.conn.execute(
                 "SELECT info FROM servers WHERE expires_at > ? ORDER BY id", (now,)
             )
-            return [_server_from_json(r[0]) for r in rows]
+            return [server_from_doc(json.loads(r[0])) for r in rows]
 
         return self._read(op)
 
@@ -1170,7 +1083,10 @@ class _Store:
             self.conn.executemany(
                 "INSERT INTO scheduler_entries (scheduler_id, position, info, expires_at)"
                 " VALUES (?, ?, ?, ?)",
-                [(scheduler_id, i, _entry_to_json(e), now + ttl) for i, e in enumerate(entries)],
+                [
+                    (scheduler_id, i, json.dumps(entry_to_doc(e), separators=_COMPACT), now + ttl)
+                    for i, e in enumerate(entries)
+                ],
             )
 
         self._write(op)
@@ -1189,7 +1105,7 @@ class _Store:
                 " ORDER BY scheduler_id, position",
                 (now,),
             )
-            return [_entry_from_json(r[0]) for r in rows]
+            return [entry_from_doc(json.loads(r[0])) for r in rows]
 
         return self._read(op)
 

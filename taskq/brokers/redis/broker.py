@@ -14,7 +14,6 @@ a round trip of an enqueue instead of polling.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -29,6 +28,7 @@ import redis.exceptions
 from redis.crc import key_slot
 
 from taskq._time import Clock
+from taskq.brokers._fleet_codec import entry_from_doc, entry_to_doc, server_from_doc, server_to_doc
 from taskq.brokers.base import (
     Ack,
     ClusterSlotInfo,
@@ -41,7 +41,6 @@ from taskq.brokers.base import (
     SchedulerEntryInfo,
     SchedulerEvent,
     ServerInfo,
-    WorkerInfo,
 )
 from taskq.brokers.redis.client import (
     AsyncRedis,
@@ -107,10 +106,6 @@ def _lease_lost(ref: LeaseRef) -> LeaseLostError:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
 
 
 class _CancelSubscription:
@@ -821,27 +816,7 @@ class RedisBroker:
 
     async def write_server_state(self, info: ServerInfo, *, ttl: int) -> None:
         """Publish a server and its active workers for ``ttl`` ms."""
-        doc = {
-            "id": info.id,
-            "host": info.host,
-            "pid": info.pid,
-            "concurrency": info.concurrency,
-            "queues": dict(info.queues),
-            "strict_priority": info.strict_priority,
-            "started_at": info.started_at,
-            "status": info.status,
-            "active_workers": [
-                {
-                    "task_id": w.task_id,
-                    "task_type": w.task_type,
-                    "queue": w.queue,
-                    "started_at": w.started_at,
-                    "deadline": w.deadline,
-                    "payload": _b64(w.payload),
-                }
-                for w in info.active_workers
-            ],
-        }
+        doc = server_to_doc(info)
         await self._fleet_write(self._fleet.servers, self._fleet.server_data, info.id, ttl, doc)
 
     async def clear_server_state(self, server_id: str) -> None:
@@ -851,51 +826,14 @@ class RedisBroker:
 
     async def servers(self) -> list[ServerInfo]:
         """Servers whose state has not expired, sorted by id."""
-        out = []
-        for doc in await self._fleet_read(self._fleet.servers, self._fleet.server_data):
-            workers = tuple(
-                WorkerInfo(
-                    task_id=w["task_id"],
-                    task_type=w["task_type"],
-                    queue=w["queue"],
-                    started_at=int(w["started_at"]),
-                    deadline=int(w["deadline"]),
-                    payload=base64.b64decode(w.get("payload", "")),
-                )
-                for w in doc.get("active_workers", [])
-            )
-            out.append(
-                ServerInfo(
-                    id=doc["id"],
-                    host=doc["host"],
-                    pid=int(doc["pid"]),
-                    concurrency=int(doc["concurrency"]),
-                    queues={str(k): int(v) for k, v in doc["queues"].items()},
-                    strict_priority=bool(doc["strict_priority"]),
-                    started_at=int(doc["started_at"]),
-                    status=doc["status"],
-                    active_workers=workers,
-                )
-            )
-        return out
+        docs = await self._fleet_read(self._fleet.servers, self._fleet.server_data)
+        return [server_from_doc(doc) for doc in docs]
 
     async def write_scheduler_entries(
         self, scheduler_id: str, entries: Sequence[SchedulerEntryInfo], *, ttl: int
     ) -> None:
         """Publish a scheduler's entries for ``ttl`` ms (replacing its previous ones)."""
-        doc = [
-            {
-                "id": e.id,
-                "spec": e.spec,
-                "task_type": e.task_type,
-                "payload": _b64(e.payload),
-                "options": dict(e.options),
-                "next_enqueue_at": e.next_enqueue_at,
-                "prev_enqueue_at": e.prev_enqueue_at,
-                "scheduler_id": e.scheduler_id,
-            }
-            for e in entries
-        ]
+        doc = [entry_to_doc(e) for e in entries]
         await self._fleet_write(
             self._fleet.schedulers, self._fleet.scheduler_data, scheduler_id, ttl, doc
         )
@@ -907,22 +845,8 @@ class RedisBroker:
 
     async def scheduler_entries(self) -> list[SchedulerEntryInfo]:
         """Entries of every live scheduler (by scheduler id, then in published order)."""
-        out = []
-        for docs in await self._fleet_read(self._fleet.schedulers, self._fleet.scheduler_data):
-            for e in docs:
-                out.append(
-                    SchedulerEntryInfo(
-                        id=e["id"],
-                        spec=e["spec"],
-                        task_type=e["task_type"],
-                        payload=base64.b64decode(e["payload"]),
-                        options={str(k): str(v) for k, v in e["options"].items()},
-                        next_enqueue_at=int(e["next_enqueue_at"]),
-                        prev_enqueue_at=int(e["prev_enqueue_at"]),
-                        scheduler_id=e["scheduler_id"],
-                    )
-                )
-        return out
+        docs = await self._fleet_read(self._fleet.schedulers, self._fleet.scheduler_data)
+        return [entry_from_doc(e) for entries in docs for e in entries]
 
     async def _fleet_write(self, index: str, data: str, member: str, ttl: int, doc: Any) -> None:
         text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
