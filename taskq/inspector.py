@@ -302,8 +302,12 @@ def _state(state: object, allowed: frozenset[TaskState], action: str) -> TaskSta
     return value
 
 
-def _group(group: object) -> str | None:
-    return None if group is None else validate_group_name(group)
+def _group(group: object, state: TaskState) -> str | None:
+    if group is None:
+        return None
+    if state is not TaskState.AGGREGATING:
+        raise InvalidArgumentError("group applies only to aggregating tasks")
+    return validate_group_name(group)
 
 
 # --------------------------------------------------------------------------- async core
@@ -466,10 +470,9 @@ class AsyncInspector:
         name = _queue(queue)
         value = _state(state, frozenset(TaskState), "list")
         offset, limit = _paging(page, page_size)
-        if group is not None and value is not TaskState.AGGREGATING:
-            raise InvalidArgumentError("group applies only to aggregating tasks")
+        group_name = _group(group, value)
         return await self.broker.list_tasks(
-            name, value, offset=offset, limit=limit, group=_group(group)
+            name, value, offset=offset, limit=limit, group=group_name
         )
 
     async def list_pending_tasks(
@@ -632,9 +635,7 @@ class AsyncInspector:
         self, operation: _BulkOp, queue: str, state: TaskState, group: str | None
     ) -> int:
         name = _queue(queue)
-        if group is not None and state is not TaskState.AGGREGATING:
-            raise InvalidArgumentError("group applies only to aggregating tasks")
-        group_name = _group(group)
+        group_name = _group(group, state)
         await self._require_queue(name)
         total = 0
         while True:

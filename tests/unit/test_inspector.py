@@ -539,6 +539,17 @@ async def test_bulk_operations_refuse_states_they_cannot_apply_to(
         await getattr(insp, method)("q", state)
 
 
+@pytest.mark.parametrize("method", ["delete_all_tasks", "run_all_tasks", "archive_all_tasks"])
+async def test_bulk_operations_refuse_a_group_with_another_state_than_aggregating(
+    broker: Broker, insp: AsyncInspector, method: str
+) -> None:
+    await populate(broker)
+    state = "pending" if method != "run_all_tasks" else "scheduled"
+    with pytest.raises(InvalidArgumentError, match="group applies only to aggregating"):
+        await getattr(insp, method)("q", state, group="grp")
+    assert (await insp.get_queue_info("q")).size == 9
+
+
 async def test_bulk_operations_on_unknown_queue_raise_queue_not_found(
     insp: AsyncInspector,
 ) -> None:
