@@ -335,8 +335,12 @@ def report(results: Results, meta: dict[str, Any]) -> str:
         lines.append("")
     lines += ["Worker configuration (one process; N-process drains run N of these):", ""]
     for lib in libs:
-        run = results.runs[lib][0]
-        lines.append(f"- **{lib}** {run.get('version', '')}: {run.get('worker_config', '')}")
+        runs = results.runs[lib]
+        versions = list(dict.fromkeys(str(r.get("version", "")) for r in runs if "version" in r))
+        config = next((r["worker_config"] for r in runs if "worker_config" in r), "")
+        lines.append(f"- **{lib}** {' / '.join(versions)}: {config}")
+        if len(versions) > 1:
+            lines.append(f"  - WARNING: {lib} changed between rounds; its medians mix versions")
     errors = [
         f"- {lib}: {e}" for lib in libs for run in results.runs[lib] for e in run.get("errors", [])
     ]
