@@ -8,14 +8,13 @@ intervals and the daylight-saving rule described in ``docs/scheduler.md``.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, tzinfo
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
-from taskq._time import dt_to_ms, ms_to_dt
+from taskq._time import dt_to_ms, ms_to_dt, parse_duration
 from taskq.errors import InvalidArgumentError
 
 __all__ = [
@@ -40,8 +39,6 @@ _DESCRIPTORS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
 class Schedule(Protocol):
@@ -72,29 +69,6 @@ def timezone_name(tz: tzinfo) -> str:
     """A stable name for ``tz``: its IANA key when it has one."""
     key = getattr(tz, "key", None)
     return key if isinstance(key, str) else str(tz)
-
-
-def parse_duration(text: str) -> int:
-    """Parse a Go-style duration (``"30s"``, ``"1m30s"``, ``"500ms"``, ``"1.5h"``) to ms.
-
-    Units: ``ms``, ``s``, ``m``, ``h``, ``d``.
-
-    Raises:
-        InvalidArgumentError: the text is not such a duration.
-    """
-    compact = text.strip()
-    pos = 0
-    total = 0.0
-    for match in _DURATION_PART.finditer(compact):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_MS[match.group(2)]
-        pos = match.end()
-    if not compact or pos != len(compact):
-        raise InvalidArgumentError(
-            f"invalid duration {text!r}: expected e.g. 30s, 1m30s, 500ms, 2h, 1d"
-        )
-    return round(total)
 
 
 class EverySchedule:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol, runtime_checkable
 
 from taskq.errors import InvalidDurationError
+
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 __all__ = [
     "Clock",
@@ -15,6 +19,7 @@ __all__ = [
     "ms_to_dt",
     "ms_to_td",
     "now_ms",
+    "parse_duration",
     "td_to_ms",
 ]
 
@@ -86,3 +91,27 @@ def td_to_ms(value: timedelta | float | int, *, name: str = "duration") -> int:
 def ms_to_td(value: int) -> timedelta:
     """Convert milliseconds to a timedelta."""
     return timedelta(milliseconds=value)
+
+
+def parse_duration(text: str) -> int:
+    """Parse a Go-style duration (``"30s"``, ``"1m30s"``, ``"500ms"``, ``"1.5h"``) to ms.
+
+    Units: ``ms``, ``s``, ``m``, ``h``, ``d`` (lower case); parts add up. A
+    bare number is refused (it would be ambiguous).
+
+    Raises:
+        InvalidDurationError: the text is not such a duration.
+    """
+    compact = text.strip()
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(compact):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_MS[match.group(2)]
+        pos = match.end()
+    if not compact or pos != len(compact):
+        raise InvalidDurationError(
+            f"invalid duration {text!r}: expected e.g. 30s, 1m30s, 500ms, 2h, 1d"
+        )
+    return round(total)

@@ -7,36 +7,29 @@ says what was expected, so argparse reports it as one line naming the option.
 from __future__ import annotations
 
 import argparse
-import re
 from datetime import datetime, timedelta
+
+from taskq import _time
+from taskq.errors import InvalidDurationError
 
 __all__ = ["parse_days", "parse_duration", "parse_header", "parse_positive_int", "parse_time"]
 
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_HINT = "use a number with a unit: 250ms, 30s, 5m, 1h30m, 2d"
 
 
 def parse_duration(text: str) -> timedelta:
     """Parse a duration such as ``250ms``, ``30s``, ``5m``, ``1h30m`` or ``1.5h``.
 
-    Units: ``ms``, ``s``, ``m``, ``h``, ``d``; parts add up. A bare number is
-    refused (it would be ambiguous).
+    Units: ``ms``, ``s``, ``m``, ``h``, ``d`` in any case; parts add up. A bare
+    number is refused (it would be ambiguous).
 
     Raises:
         argparse.ArgumentTypeError: the text is not such a duration.
     """
-    value = text.strip().lower()
-    pos = 0
-    total = 0.0
-    for match in _PART.finditer(value):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNITS_MS[match.group(2)]
-        pos = match.end()
-    if not value or pos != len(value):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} ({_DURATION_HINT})")
-    return timedelta(milliseconds=round(total))
+    try:
+        return timedelta(milliseconds=_time.parse_duration(text.lower()))
+    except InvalidDurationError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} ({_DURATION_HINT})") from None
 
 
 def parse_time(text: str) -> datetime:
