@@ -147,6 +147,16 @@ class RedisServer:
         self._log.close()
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a benchmark script (it then stops its workers), SIGKILL after 15 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=5)
+
+
 def run_bounded(argv: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> str:
     """Run a benchmark script; on timeout SIGTERM it (so it stops its workers), then SIGKILL.
 
@@ -160,13 +170,11 @@ def run_bounded(argv: Sequence[str], timeout: float, env: dict[str, str] | None 
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate(timeout=5)
+            _stop(proc)
             raise RuntimeError(f"timed out after {timeout:.0f} s") from None
+        except BaseException:  # Ctrl-C or SIGTERM: the script must still stop its workers
+            _stop(proc)
+            raise
         err.seek(0)
         tail = err.read().decode("utf-8", "replace")[-1500:]
     if proc.returncode != 0:
@@ -203,6 +211,36 @@ def ensure_venv(peer: str, log: Callable[[str], None]) -> Path:
         raise SystemExit(f"pip install for {peer} failed:\n{done.stdout}{done.stderr}")
     marker.write_text(wanted)
     return python
+
+
+def taskq_snapshot(ref: str | None, workdir: Path) -> tuple[Path, str]:
+    """Copy the taskq package once, so every round measures the same code.
+
+    Others may commit while a run goes on; the copy is of the work tree at
+    start, or of commit ``ref``. Returns (the directory to put on
+    PYTHONPATH, the version to report).
+    """
+    dest = workdir / "taskq-src"
+    dest.mkdir()
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, timeout=60)
+        if done.returncode != 0:
+            raise SystemExit(f"git {' '.join(args)} failed: {done.stderr.decode()}")
+        return done.stdout.decode().strip()
+
+    if ref is None:
+        shutil.copytree(
+            ROOT / "taskq", dest / "taskq", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        return dest, git("describe", "--always", "--dirty")
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "taskq"], capture_output=True, timeout=60
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {ref} failed: {archive.stderr.decode()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True, timeout=60)
+    return dest, git("rev-parse", "--short", ref)
 
 
 # --------------------------------------------------------------------------- runs
@@ -501,6 +539,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="stop a drain after this many seconds of handling (default 10)",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="per library run, seconds")
+    parser.add_argument(
+        "--taskq-ref",
+        help="benchmark taskq as of this git commit (default: the work tree as the run starts)",
+    )
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.n = args.n or (2_000 if args.quick else 20_000)
@@ -518,24 +560,26 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; print the report; return the exit code."""
-    args = parse_args(argv)
-    pythons = {p: ensure_venv(p, log) for p in args.libs if p in PEERS}
-    workdir = Path(tempfile.mkdtemp(prefix="taskq-bench-"))
+def run_all(
+    args: argparse.Namespace,
+    pythons: dict[str, Path],
+    workdir: Path,
+    source: Path,
+    version: str,
+) -> tuple[Results, dict[str, Any]]:
+    """Start redis-server, run every round, stop it; return the results and the run's facts."""
     redis = RedisServer(workdir)
-    # A SIGTERM must still reach the finally below, which stops redis-server.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = Results()
     started = time.monotonic()
     try:
         meta = machine(redis)
-        meta["command"] = "python -m benchmarks.run " + " ".join(argv or sys.argv[1:])
+        meta["command"] = args.command
         meta["settings"] = (
             f"{args.n:,} tasks per phase, {args.latency_n} latency samples "
             f"{5} ms apart, {args.procs} processes for the N-process drain, "
             f"{args.rounds} round(s), drain cap {args.drain_cap:.0f} s"
         )
+        meta["taskq"] = version
         log(f"redis-server {redis.version} on port {redis.port}, pid {redis.proc.pid}")
         runnable = [lib for lib in args.libs if lib != REFERENCE]
         for round_no in range(args.rounds):
@@ -546,7 +590,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 url = url_for(lib, redis, workdir, round_no)
                 log(f"round {round_no + 1}/{args.rounds}: {lib}")
                 argv_ = lib_argv(lib, pythons.get(lib, Path(sys.executable)), url, args)
-                env = dict(os.environ, PYTHONPATH=str(ROOT))
+                env = dict(os.environ)
+                if lib in TASKQ:
+                    env.update(PYTHONPATH=str(source), BENCH_TASKQ_VERSION=version)
                 try:
                     result = json.loads(run_bounded(argv_, args.timeout, env))
                 except RuntimeError as exc:
@@ -558,6 +604,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["wall time"] = f"{time.monotonic() - started:.0f} s"
     finally:
         redis.stop()
+    return results, meta
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print the report; return the exit code."""
+    args = parse_args(argv)
+    args.command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
+    pythons = {p: ensure_venv(p, log) for p in args.libs if p in PEERS}
+    workdir = Path(tempfile.mkdtemp(prefix="taskq-bench-"))
+    # A SIGTERM must still reach the finally blocks, which stop redis-server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        source, version = taskq_snapshot(args.taskq_ref, workdir)
+        results, meta = run_all(args, pythons, workdir, source, version)
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
     text = report(results, meta)
     print(text)
