@@ -67,16 +67,20 @@ def parse_header(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r} (expected an integer)") from None
+
+
 def parse_positive_int(text: str) -> int:
     """Parse an integer >= 1.
 
     Raises:
         argparse.ArgumentTypeError: it is not one.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r} (expected an integer)") from None
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid number {text!r} (must be at least 1)")
     return value
@@ -88,10 +92,7 @@ def parse_non_negative_int(text: str) -> int:
     Raises:
         argparse.ArgumentTypeError: it is not one.
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r} (expected an integer)") from None
+    value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid number {text!r} (must not be negative)")
     return value

@@ -33,6 +33,7 @@ from types import FrameType
 from typing import Any
 
 from taskq.cli._common import EXIT_OK, EXIT_USAGE, CliError, common_options
+from taskq.cli._parse import parse_positive_int
 
 __all__ = ["add_parser", "load_mux", "main", "parse_queue"]
 
@@ -53,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("app", metavar="APP:MUX", help="module:attribute of a ServeMux")
     parser.add_argument(
-        "--concurrency", "-c", type=_positive_int, help="tasks at once (default: CPU count)"
+        "--concurrency", "-c", type=parse_positive_int, help="tasks at once (default: CPU count)"
     )
     parser.add_argument(
         "--queue",
@@ -69,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--processes",
         "-p",
-        type=_positive_int,
+        type=parse_positive_int,
         default=1,
         help="run N worker processes under a supervisor that restarts dead ones",
     )
@@ -114,16 +115,6 @@ def parse_queue(text: str) -> tuple[str, int]:
     if value < 1 or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT with WEIGHT >= 1: {text!r}")
     return name, value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
 
 
 def _seconds(text: str) -> float:

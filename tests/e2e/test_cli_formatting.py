@@ -205,6 +205,21 @@ def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "deleteall" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--concurrency", "0"], "invalid number '0' (must be at least 1)"),
+        (["--concurrency", "many"], "invalid number 'many' (expected an integer)"),
+        (["--processes", "-2"], "invalid number '-2' (must be at least 1)"),
+    ],
+)
+def test_worker_count_options_are_checked_like_every_other_number(
+    capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    assert main(["worker", "app:mux", *args]) == 2
+    assert expected in capsys.readouterr().err
+
+
 def test_subcommands_from_other_parts_are_listed_even_when_unavailable(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
