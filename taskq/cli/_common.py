@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from taskq.brokers.base import Broker
@@ -24,6 +25,7 @@ __all__ = [
     "CliError",
     "broker_url",
     "common_options",
+    "load_app_object",
     "open_broker",
     "open_inspector",
     "wants_json",
@@ -132,3 +134,44 @@ async def open_inspector(args: argparse.Namespace) -> AsyncIterator[AsyncInspect
 def stdout_is_tty() -> bool:
     """Whether standard output is a terminal."""
     return sys.stdout.isatty()
+
+
+def load_app_object(spec: str, kinds: tuple[type, ...], usage: str, what: str) -> Any:
+    """Import ``module:attribute`` and return the object of one of ``kinds`` it names.
+
+    Dots in the attribute reach nested ones (``myapp.tasks:Holder.mux``); a
+    callable that is not of ``kinds`` is taken as a factory and called without
+    arguments. The current directory is importable, as with ``python -m``.
+
+    Args:
+        spec: the ``module:attribute`` text from the command line.
+        kinds: the accepted types.
+        usage: the argument's name in messages, e.g. ``APP:MUX``.
+        what: the accepted types in messages, e.g. ``taskq.ServeMux``.
+
+    Raises:
+        CliError: (exit code 2) the spec is malformed, the import fails, an
+            attribute is missing or the object is of none of ``kinds``.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise CliError(f"{usage} must look like module.path:attribute, got {spec!r}", EXIT_USAGE)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import {module_name!r}: {exc}", EXIT_USAGE) from exc
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CliError(f"{module_name!r} has no attribute {attribute!r}", EXIT_USAGE) from None
+    if not isinstance(obj, kinds) and callable(obj):
+        obj = obj()
+    if not isinstance(obj, kinds):
+        raise CliError(
+            f"{spec} is a {type(obj).__name__}, not a {what} (or a function returning one)",
+            EXIT_USAGE,
+        )
+    return obj

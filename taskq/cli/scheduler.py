@@ -11,14 +11,12 @@ cleanly. Also runnable as ``python -m taskq.cli.scheduler APP:SCHEDULER``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from taskq.cli._common import EXIT_USAGE, CliError, common_options
+from taskq.cli._common import CliError, common_options, load_app_object
 
 __all__ = ["add_parser", "load_target", "main", "run_command"]
 
@@ -61,30 +59,12 @@ def load_target(target: str) -> Any:
     """
     from taskq.scheduler import PeriodicTaskManager, Scheduler
 
-    module_name, sep, attr_path = target.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise CliError(
-            f"expected APP:SCHEDULER (e.g. myapp.cron:scheduler), got {target!r}", EXIT_USAGE
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CliError(f"cannot import {module_name!r}: {exc}", EXIT_USAGE) from exc
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CliError(f"{target!r}: {part!r} not found", EXIT_USAGE) from None
-    if not isinstance(obj, (Scheduler, PeriodicTaskManager)) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, (Scheduler, PeriodicTaskManager)):
-        raise CliError(
-            f"{target!r} is a {type(obj).__name__}, not a taskq.Scheduler or PeriodicTaskManager",
-            EXIT_USAGE,
-        )
-    return obj
+    return load_app_object(
+        target,
+        (Scheduler, PeriodicTaskManager),
+        "APP:SCHEDULER",
+        "taskq.Scheduler or PeriodicTaskManager",
+    )
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ workers and restarts a worker that dies.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import signal
@@ -32,7 +31,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-from taskq.cli._common import EXIT_OK, EXIT_USAGE, CliError, common_options
+from taskq.cli._common import EXIT_OK, common_options, load_app_object
 from taskq.cli._parse import parse_positive_int
 
 __all__ = ["add_parser", "load_mux", "main", "parse_queue"]
@@ -135,28 +134,7 @@ def load_mux(spec: str) -> Any:
     """
     from taskq.mux import ServeMux
 
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise CliError(f"APP:MUX must look like module.path:attribute, got {spec!r}", EXIT_USAGE)
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise CliError(f"cannot import {module_name!r}: {exc}", EXIT_USAGE) from exc
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CliError(f"{module_name!r} has no attribute {attribute!r}", EXIT_USAGE) from None
-    if not isinstance(obj, ServeMux) and callable(obj):
-        obj = obj()
-    if not isinstance(obj, ServeMux):
-        raise CliError(
-            f"{spec} is a {type(obj).__name__}, not a taskq.ServeMux (or a function returning one)",
-            EXIT_USAGE,
-        )
-    return obj
+    return load_app_object(spec, (ServeMux,), "APP:MUX", "taskq.ServeMux")
 
 
 def _configure_logging(level: str) -> None:
