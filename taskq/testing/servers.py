@@ -986,6 +986,18 @@ class RedisServerFactory:
 # --------------------------------------------------------------------------- fixtures
 
 
+_Topology = TypeVar("_Topology", RedisServer, RedisCluster, RedisSentinel)
+
+
+def _running(topology: _Topology) -> Iterator[_Topology]:
+    """Start ``topology``, yield it, and stop it when the fixture is torn down."""
+    topology.start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | ExternalRedis]:
     """A standalone Redis for the whole session (``TASKQ_TEST_REDIS_URL`` if set)."""
@@ -993,34 +1005,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     if external:
         yield ExternalRedis(external)
         return
-    server = RedisServer(require_launcher("redis_server"), tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    launcher = require_launcher("redis_server")
+    yield from _running(RedisServer(launcher, tmp_path_factory.mktemp("redis")))
 
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """A 3-master, 3-replica Redis Cluster for the whole session."""
-    cluster = RedisCluster(require_launcher("redis_cluster"), tmp_path_factory.mktemp("cluster"))
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    launcher = require_launcher("redis_cluster")
+    yield from _running(RedisCluster(launcher, tmp_path_factory.mktemp("cluster")))
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
     """A Sentinel group (1 master, 1 replica, 3 sentinels) for the whole session."""
-    group = RedisSentinel(require_launcher("redis_sentinel"), tmp_path_factory.mktemp("sentinel"))
-    group.start()
-    try:
-        yield group
-    finally:
-        group.stop()
+    launcher = require_launcher("redis_sentinel")
+    yield from _running(RedisSentinel(launcher, tmp_path_factory.mktemp("sentinel")))
 
 
 @pytest.fixture
