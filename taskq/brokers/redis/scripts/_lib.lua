@@ -350,6 +350,26 @@ local function ids_in_state(K, letter, group, offset, limit)
   return redis.call('ZRANGE', zsets[letter], offset, offset + limit - 1)
 end
 
+-- What a by-hand script (delete_tasks, run_tasks, archive_tasks) acts on, from its
+-- ARGV (now, task id or "", state letter, group or "", limit): the named task with its
+-- state, else at most limit tasks in the given state (of group, "" = all), oldest
+-- first. Returns state letter, ids; or nil, nil, the reply refusing an unknown queue
+-- ({"Q"}) or task ({"N"}).
+local function by_hand_targets(K, argv)
+  if redis.call('EXISTS', K.meta) == 0 then
+    return nil, nil, {'Q'}
+  end
+  local id, want, group, limit = argv[2], argv[3], argv[4], tonumber(argv[5])
+  if id == '' then
+    return want, ids_in_state(K, want, group, 0, limit)
+  end
+  local letter = get_state(K, id)
+  if not letter then
+    return nil, nil, {'N'}
+  end
+  return letter, {id}
+end
+
 -- {message, letter, next_process_at, result or false, orphaned 0/1} of a task, or nil.
 local function describe(K, id)
   local letter = get_state(K, id)

@@ -9,19 +9,9 @@
 -- Releases each task's unique lock. With a state, deletes at most `limit`
 -- tasks, oldest first; the caller repeats until it gets 0.
 
-if redis.call('EXISTS', K.meta) == 0 then
-  return {'Q'}
-end
-local id, want, group, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local ids
-if id ~= '' then
-  local letter = get_state(K, id)
-  if not letter then
-    return {'N'}
-  end
-  want, ids = letter, {id}
-else
-  ids = ids_in_state(K, want, group, 0, limit)
+local want, ids, refusal = by_hand_targets(K, ARGV)
+if refusal then
+  return refusal
 end
 if want == 'a' then
   return {'S', want}

@@ -10,19 +10,9 @@
 -- An archived task gets its full retry budget again (retried and last_error
 -- cleared); a completed one loses its completed_at.
 
-if redis.call('EXISTS', K.meta) == 0 then
-  return {'Q'}
-end
-local id, want, group, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local ids
-if id ~= '' then
-  local letter = get_state(K, id)
-  if not letter then
-    return {'N'}
-  end
-  want, ids = letter, {id}
-else
-  ids = ids_in_state(K, want, group, 0, limit)
+local want, ids, refusal = by_hand_targets(K, ARGV)
+if refusal then
+  return refusal
 end
 if want == 'p' or want == 'a' then
   return {'S', want}
