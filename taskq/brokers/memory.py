@@ -213,6 +213,13 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _live(table: dict[str, tuple[_T, int]], now: int) -> list[_T]:
+    """Drop the expired items of an ``id -> (value, expires_at)`` table; the rest by id."""
+    for key in [k for k, (_, expires) in table.items() if expires <= now]:
+        del table[key]
+    return [value for _, (value, _) in sorted(table.items())]
+
+
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[_T], object], arg: _T) -> None:
     """Run ``fn(arg)`` on ``loop`` from any thread; nothing if that loop is closed."""
     with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to tell
@@ -926,10 +933,7 @@ class InMemoryBroker:
     async def servers(self) -> list[ServerInfo]:
         """Live servers, sorted by id."""
         with self._lock:
-            now = self._now()
-            for sid in [s for s, (_, exp) in self._servers.items() if exp <= now]:
-                del self._servers[sid]
-            return [info for _, (info, _) in sorted(self._servers.items())]
+            return _live(self._servers, self._now())
 
     async def write_scheduler_entries(
         self, scheduler_id: str, entries: Sequence[SchedulerEntryInfo], *, ttl: int
@@ -946,10 +950,7 @@ class InMemoryBroker:
     async def scheduler_entries(self) -> list[SchedulerEntryInfo]:
         """Entries of every live scheduler (by scheduler id, then in published order)."""
         with self._lock:
-            now = self._now()
-            for sid in [s for s, (_, exp) in self._schedulers.items() if exp <= now]:
-                del self._schedulers[sid]
-            return [e for _, (entries, _) in sorted(self._schedulers.items()) for e in entries]
+            return [e for entries in _live(self._schedulers, self._now()) for e in entries]
 
     async def record_scheduler_event(
         self, entry_id: str, event: SchedulerEvent, *, keep: int = 1000
