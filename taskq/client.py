@@ -21,6 +21,7 @@ from taskq.errors import InvalidArgumentError, InvalidDurationError
 from taskq.task import (
     DEFAULT_MAX_RETRY,
     DEFAULT_QUEUE,
+    ENQUEUE_OPTIONS,
     MAX_NAME_LENGTH,
     MAX_PAYLOAD_BYTES,
     Task,
@@ -37,20 +38,7 @@ __all__ = ["AsyncClient", "Client", "EnqueueHook", "resolve_broker"]
 EnqueueHook = Callable[[Task], Task]
 """A function run on every task before it is enqueued (tracing, tenancy, signing)."""
 
-_OPTION_NAMES = frozenset(
-    {
-        "queue",
-        "max_retry",
-        "timeout",
-        "deadline",
-        "unique",
-        "task_id",
-        "retention",
-        "group",
-        "process_at",
-        "process_in",
-    }
-)
+_OPTION_NAMES = frozenset(ENQUEUE_OPTIONS)
 
 
 def resolve_broker(broker: Broker | str | None) -> Broker:

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_RETRY",
     "DEFAULT_QUEUE",
     "DEFAULT_TIMEOUT",
+    "ENQUEUE_OPTIONS",
     "MAX_NAME_LENGTH",
     "MAX_PAYLOAD_BYTES",
     "WIRE_VERSION",
@@ -49,6 +50,19 @@ MAX_NAME_LENGTH = 255
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 MAX_ERROR_LENGTH = 4096
 WIRE_VERSION = 1
+ENQUEUE_OPTIONS = (
+    "queue",
+    "max_retry",
+    "timeout",
+    "deadline",
+    "unique",
+    "task_id",
+    "retention",
+    "group",
+    "process_at",
+    "process_in",
+)
+"""The enqueue options, as set on a :class:`Task` and as ``Client.enqueue`` keywords."""
 
 _FORBIDDEN_NAME_CHARS = frozenset("{}") | frozenset(chr(c) for c in range(32)) | {"\x7f"}
 
@@ -167,19 +181,7 @@ class Task:
 
     def options(self) -> dict[str, Any]:
         """Return the enqueue options set on this task (those that are not None)."""
-        names = (
-            "queue",
-            "max_retry",
-            "timeout",
-            "deadline",
-            "unique",
-            "task_id",
-            "retention",
-            "group",
-            "process_at",
-            "process_in",
-        )
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+        return {n: getattr(self, n) for n in ENQUEUE_OPTIONS if getattr(self, n) is not None}
 
 
 def _b64(data: bytes) -> str:

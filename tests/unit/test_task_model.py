@@ -15,6 +15,7 @@ from taskq.errors import (
     SchemaVersionError,
 )
 from taskq.task import (
+    ENQUEUE_OPTIONS,
     Task,
     TaskInfo,
     TaskMessage,
@@ -137,6 +138,12 @@ def test_task_is_frozen_and_copies_headers() -> None:
 def test_task_options_lists_only_the_options_set() -> None:
     task = Task("t", b"", queue="high", max_retry=3)
     assert task.options() == {"queue": "high", "max_retry": 3}
+
+
+def test_enqueue_options_are_exactly_the_task_option_fields() -> None:
+    fields = {f.name for f in attrs.fields(Task) if f.kw_only}
+    assert set(ENQUEUE_OPTIONS) == fields
+    assert len(ENQUEUE_OPTIONS) == len(fields)
 
 
 def test_task_info_converts_milliseconds_to_aware_datetimes() -> None:
