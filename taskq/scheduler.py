@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -38,13 +37,13 @@ from typing import Any, Protocol
 
 import attrs
 
+from taskq._logging import log_failure
 from taskq._schedule import Schedule, parse_spec, resolve_timezone, timezone_name
 from taskq._sync import loop_thread
 from taskq._time import Clock, SystemClock, ms_to_dt, td_to_ms
 from taskq.brokers.base import Broker, SchedulerEntryInfo, SchedulerEvent
 from taskq.client import AsyncClient
 from taskq.errors import (
-    BrokerError,
     DuplicateTaskError,
     InvalidArgumentError,
     ServerClosedError,
@@ -66,15 +65,6 @@ _MAX_IDLE_S = 1.0
 
 def _default_logger() -> logging.Logger:
     return logging.getLogger("taskq.scheduler")
-
-
-def _log_failure(logger: logging.Logger, message: str, *args: object) -> None:
-    """Log the exception being handled: one line for a broker failure, else a traceback."""
-    error = sys.exc_info()[1]
-    if isinstance(error, BrokerError):
-        logger.error(message + ": %s", *args, error)
-    else:
-        logger.exception(message, *args)
 
 
 @attrs.frozen
@@ -392,7 +382,7 @@ class Scheduler(_Service):
         try:
             claimed = await self.broker.claim_scheduler_tick(entry.id, tick, ttl=self._claim_ttl)
         except Exception:
-            _log_failure(self._logger, "entry %s: could not claim tick %d", entry.id, tick)
+            log_failure(self._logger, "entry %s: could not claim tick %d", entry.id, tick)
             self._follow_up(entry, tick)
             return False
         if not claimed:
@@ -431,7 +421,7 @@ class Scheduler(_Service):
                 return False
             events = await self.broker.scheduler_events(entry.id, limit=100)
         except Exception:
-            _log_failure(self._logger, "entry %s: could not check tick %d", entry.id, tick)
+            log_failure(self._logger, "entry %s: could not check tick %d", entry.id, tick)
             return False
         if any(event.task_id == task_id for event in events):
             return False
@@ -465,7 +455,7 @@ class Scheduler(_Service):
             self._call_hook(self._post_enqueue, entry, None, exc)
             return False
         except Exception as exc:
-            _log_failure(self._logger, "entry %s: enqueue of tick %d failed", entry.id, tick)
+            log_failure(self._logger, "entry %s: enqueue of tick %d failed", entry.id, tick)
             self._call_hook(self._post_enqueue, entry, None, exc)
             return None
         await self._record(entry, info.id)
@@ -478,7 +468,7 @@ class Scheduler(_Service):
         try:
             await self.broker.record_scheduler_event(entry.id, event, keep=self._history_keep)
         except Exception:
-            _log_failure(self._logger, "entry %s: could not record enqueue history", entry.id)
+            log_failure(self._logger, "entry %s: could not record enqueue history", entry.id)
 
     def _call_hook(self, hook: Callable[..., None] | None, *args: Any) -> None:
         if hook is None:
@@ -514,7 +504,7 @@ class Scheduler(_Service):
                 self.id, self._entry_infos(), ttl=2 * self._heartbeat_ms
             )
         except Exception:
-            _log_failure(self._logger, "could not publish scheduler entries")
+            log_failure(self._logger, "could not publish scheduler entries")
 
     # ------------------------------------------------------------------ loop
 

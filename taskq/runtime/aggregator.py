@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import sys
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -29,9 +28,10 @@ from typing import Any, Protocol
 
 import attrs
 
+from taskq._logging import log_failure
 from taskq._time import Clock, dt_to_ms, td_to_ms
 from taskq.brokers.base import Broker
-from taskq.errors import BrokerError, InvalidArgumentError
+from taskq.errors import InvalidArgumentError
 from taskq.task import DEFAULT_MAX_RETRY, Task, TaskMessage
 
 __all__ = [
@@ -51,15 +51,6 @@ _MAX_SETS_PER_PASS = 100
 
 GroupAggregateFunc = Callable[[str, list[Task]], Task | Awaitable[Task]]
 """``fn(group, tasks) -> Task``: a plain function or a coroutine function."""
-
-
-def _log_failure(logger: logging.Logger, message: str, *args: object) -> None:
-    """Log the exception being handled: one line for a broker failure, else a traceback."""
-    error = sys.exc_info()[1]
-    if isinstance(error, BrokerError):
-        logger.error(message + ": %s", *args, error)
-    else:
-        logger.exception(message, *args)
 
 
 class SupportsAggregate(Protocol):
@@ -245,7 +236,7 @@ class Aggregator:
                     queue, older_than=self._reclaim_after_ms
                 )
             except Exception:
-                _log_failure(self._logger, "queue %r: reclaiming stale sets failed", queue)
+                log_failure(self._logger, "queue %r: reclaiming stale sets failed", queue)
                 continue
             if n:
                 self._logger.warning(
@@ -267,7 +258,7 @@ class Aggregator:
             try:
                 groups = await self._broker.groups(queue)
             except Exception:
-                _log_failure(self._logger, "queue %r: listing groups failed", queue)
+                log_failure(self._logger, "queue %r: listing groups failed", queue)
                 continue
             for info in groups:
                 if stop is not None and stop.is_set():
@@ -284,7 +275,7 @@ class Aggregator:
                     queue, group, grace_period=grace, max_delay=max_delay, max_size=max_size
                 )
             except Exception:
-                _log_failure(
+                log_failure(
                     self._logger, "queue %r group %r: aggregation check failed", queue, group
                 )
                 break
