@@ -22,8 +22,15 @@ __all__ = [
     "LEASE",
     "OTHER",
     "QUEUE",
+    "A",
+    "C",
     "ConformanceBase",
     "CorruptDropLease",
+    "G",
+    "P",
+    "R",
+    "S",
+    "X",
     "make_message",
     "ms_of",
     "put",
@@ -36,6 +43,17 @@ QUEUE = "conformance"
 OTHER = "conformance-other"
 LEASE = 30_000
 HOUR = 3_600_000
+
+# One letter per task state, for the tables of transitions.
+P, A, S, R, X, C, G = (
+    TaskState.PENDING,
+    TaskState.ACTIVE,
+    TaskState.SCHEDULED,
+    TaskState.RETRY,
+    TaskState.ARCHIVED,
+    TaskState.COMPLETED,
+    TaskState.AGGREGATING,
+)
 
 CorruptDropLease = Callable[[str, str], Awaitable[None]]
 """``await corrupt_drop_lease(queue, task_id)``: remove an active task's lease entry."""

@@ -19,7 +19,14 @@ from taskq.testing.conformance._support import (
     HOUR,
     OTHER,
     QUEUE,
+    A,
+    C,
     ConformanceBase,
+    G,
+    P,
+    R,
+    S,
+    X,
     make_message,
     ms_of,
     put,
@@ -30,15 +37,6 @@ from taskq.testing.conformance._support import (
 
 __all__ = ["InspectionConformance"]
 
-P, A, S, R, X, C, G = (
-    TaskState.PENDING,
-    TaskState.ACTIVE,
-    TaskState.SCHEDULED,
-    TaskState.RETRY,
-    TaskState.ARCHIVED,
-    TaskState.COMPLETED,
-    TaskState.AGGREGATING,
-)
 GONE = None
 
 # (state before, operation, state after | None for deleted | the error it raises)

@@ -19,23 +19,24 @@ from taskq.brokers.base import Broker, Delivery
 from taskq.errors import LeaseLostError, TaskStateError
 from taskq.task import TaskState
 from taskq.testing.clock import FakeClock
-from taskq.testing.conformance._support import QUEUE, ConformanceBase, make_message
+from taskq.testing.conformance._support import (
+    QUEUE,
+    A,
+    C,
+    ConformanceBase,
+    G,
+    P,
+    R,
+    S,
+    X,
+    make_message,
+)
 
 __all__ = ["InvariantConformance"]
 
 STEPS = 150
 _GRACE = 1_000
 _LEASE = 2_000
-
-P, A, S, R, X, C, G = (
-    TaskState.PENDING,
-    TaskState.ACTIVE,
-    TaskState.SCHEDULED,
-    TaskState.RETRY,
-    TaskState.ARCHIVED,
-    TaskState.COMPLETED,
-    TaskState.AGGREGATING,
-)
 
 
 @attrs.define
