@@ -16,6 +16,7 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
+from taskq.brokers.base import Ack, Delivery, EnqueueRequest, LeaseRef
 from taskq.brokers.redis import LEAST_PRIVILEGE_ACL, RedisBroker
 from taskq.brokers.redis.client import connector_from_url, translate_error
 from taskq.brokers.redis.keys import QUEUE_KEY_NAMES, QueueKeys
@@ -27,6 +28,8 @@ from taskq.errors import (
     BrokerOutOfMemoryError,
     BrokerTimeoutError,
     InvalidArgumentError,
+    LeaseLostError,
+    TaskIDConflictError,
 )
 from taskq.task import TaskMessage, TaskState
 from taskq.testing import FakeClock
@@ -114,6 +117,31 @@ async def test_scripts_are_reloaded_after_the_server_forgets_them(
     assert results == []
     got = await broker.dequeue(["q"], count=2, lease=1000)
     assert [d.message.id for d in got] == ["before", "after"]
+
+
+async def test_batches_larger_than_one_script_call_keep_each_result_at_its_index(
+    broker: RedisBroker,
+) -> None:
+    # More than 500 items per queue: the broker splits them over several
+    # script calls and must put every per-item result back in its place.
+    messages = [_message(f"t{i}", queue="a" if i % 3 else "b") for i in range(1100)]
+    messages[700] = _message("t4", queue="a")  # t4 is already in queue a
+    results = await broker.enqueue_many([EnqueueRequest(m) for m in messages])
+    assert isinstance(results[700], TaskIDConflictError)
+    assert results[:700] + results[701:] == [TaskState.PENDING] * 1099
+    deliveries: list[Delivery] = []
+    while len(deliveries) < 1099:
+        got = await broker.dequeue(["a", "b"], count=1099, lease=60_000)
+        assert got
+        deliveries += got
+    refs = [d.ref for d in deliveries]
+    refs.insert(650, LeaseRef("a", "t1", "stale-token"))
+    held = await broker.extend_leases(refs, lease=60_000)
+    assert held == [i != 650 for i in range(1100)]
+    outcomes = await broker.done_many([Ack(ref) for ref in refs])
+    assert isinstance(outcomes[650], LeaseLostError)
+    assert outcomes[:650] + outcomes[651:] == [None] * 1099
+    assert [(await broker.queue_stats(q)).size for q in ("a", "b")] == [0, 0]
 
 
 async def test_scripts_without_a_shebang_run_where_it_is_unsupported(broker: RedisBroker) -> None:

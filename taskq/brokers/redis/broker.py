@@ -108,6 +108,22 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+def _chunks_by_queue(queues: Iterable[str], size: int | None = None) -> list[tuple[str, list[int]]]:
+    """The items' indexes grouped by queue (first seen first), cut in chunks of ``size``.
+
+    A batch method sends one script call per chunk: each touches the keys of
+    one queue (one hash slot). Without ``size``, one chunk per queue.
+    """
+    by_queue: dict[str, list[int]] = {}
+    for index, queue in enumerate(queues):
+        by_queue.setdefault(queue, []).append(index)
+    chunks: list[tuple[str, list[int]]] = []
+    for queue, indexes in by_queue.items():
+        step = size or len(indexes)
+        chunks += [(queue, indexes[i : i + step]) for i in range(0, len(indexes), step)]
+    return chunks
+
+
 class _CancelSubscription:
     """Cancelled task ids from the broker's pub/sub channel (see ``subscribe_cancellations``)."""
 
@@ -363,31 +379,25 @@ class RedisBroker:
     async def _store(
         self, items: Sequence[tuple[TaskMessage, int, int]]
     ) -> list[TaskState | Exception]:
-        by_queue: dict[str, list[int]] = {}
-        for index, (message, _, _) in enumerate(items):
+        for message, _, _ in items:
             if "\x00" in message.id or "\x00" in message.group:
                 raise InvalidArgumentError("task ids and group names must not contain NUL")
-            by_queue.setdefault(message.queue, []).append(index)
+        chunks = _chunks_by_queue((message.queue for message, _, _ in items), _ENQUEUE_CHUNK)
         now = self._now_arg()
         calls: list[tuple[str, Sequence[str | bytes], Sequence[Any]]] = []
-        chunks: list[tuple[str, list[int]]] = []
-        for queue, indexes in by_queue.items():
-            keys = self._keys_for("enqueue", queue)
-            for start in range(0, len(indexes), _ENQUEUE_CHUNK):
-                chunk = indexes[start : start + _ENQUEUE_CHUNK]
-                args: list[Any] = [now]
-                for i in chunk:
-                    message, process_at, unique_ttl = items[i]
-                    args += (
-                        message.id,
-                        message.encode(),
-                        process_at,
-                        message.group,
-                        message.unique_key,
-                        unique_ttl,
-                    )
-                calls.append(("enqueue", keys, args))
-                chunks.append((queue, chunk))
+        for queue, chunk in chunks:
+            args: list[Any] = [now]
+            for i in chunk:
+                message, process_at, unique_ttl = items[i]
+                args += (
+                    message.id,
+                    message.encode(),
+                    process_at,
+                    message.group,
+                    message.unique_key,
+                    unique_ttl,
+                )
+            calls.append(("enqueue", self._keys_for("enqueue", queue), args))
         if not calls:
             return []
         replies = await self._run_many(calls)
@@ -519,21 +529,19 @@ class RedisBroker:
 
         One script call per queue, pipelined.
         """
-        by_queue: dict[str, list[int]] = {}
-        for index, ref in enumerate(refs):
-            by_queue.setdefault(ref.queue, []).append(index)
-        if not by_queue:
+        chunks = _chunks_by_queue(ref.queue for ref in refs)
+        if not chunks:
             return []
         now = self._now_arg()
         calls: list[tuple[str, Sequence[str | bytes], Sequence[Any]]] = []
-        for queue, indexes in by_queue.items():
+        for queue, indexes in chunks:
             args: list[Any] = [now, lease]
             for i in indexes:
                 args += (refs[i].task_id, refs[i].token)
             calls.append(("extend", self._keys_for("extend", queue), args))
         replies = await self._run_many(calls)
         out = [False] * len(refs)
-        for indexes, reply in zip(by_queue.values(), replies, strict=True):
+        for (_, indexes), reply in zip(chunks, replies, strict=True):
             for i, held in zip(indexes, reply, strict=True):
                 out[i] = held == 1
         return out
@@ -567,27 +575,20 @@ class RedisBroker:
             raise results[0]
 
     async def _ack(self, items: Sequence[tuple[LeaseRef, int]]) -> list[Exception | None]:
-        by_queue: dict[str, list[int]] = {}
-        for index, (ref, _) in enumerate(items):
-            by_queue.setdefault(ref.queue, []).append(index)
+        chunks = _chunks_by_queue((ref.queue for ref, _ in items), _ACK_CHUNK)
         now = self._now_arg()
         calls: list[tuple[str, Sequence[str | bytes], Sequence[Any]]] = []
-        chunks: list[list[int]] = []
-        for queue, indexes in by_queue.items():
-            keys = self._keys_for("ack", queue)
-            for start in range(0, len(indexes), _ACK_CHUNK):
-                chunk = indexes[start : start + _ACK_CHUNK]
-                args: list[Any] = [now]
-                for i in chunk:
-                    ref, retention = items[i]
-                    args += (ref.task_id, ref.token, retention)
-                calls.append(("ack", keys, args))
-                chunks.append(chunk)
+        for queue, chunk in chunks:
+            args: list[Any] = [now]
+            for i in chunk:
+                ref, retention = items[i]
+                args += (ref.task_id, ref.token, retention)
+            calls.append(("ack", self._keys_for("ack", queue), args))
         if not calls:
             return []
         replies = await self._run_many(calls)
         out: list[Exception | None] = [None] * len(items)
-        for chunk, reply in zip(chunks, replies, strict=True):
+        for (_, chunk), reply in zip(chunks, replies, strict=True):
             for i, applied in zip(chunk, reply, strict=True):
                 if applied != 1:
                     out[i] = _lease_lost(items[i][0])
