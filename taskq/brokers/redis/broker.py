@@ -454,12 +454,11 @@ class RedisBroker:
                 await asyncio.sleep(remaining)
                 return []
             try:
-                await self._wait_for_work(names, remaining)
+                got = await self._wait_and_take(names, remaining, count, lease)
             except BrokerError:
                 if closes != self._closes:
                     return []  # close() cut the wait short
                 raise
-            got = await self._take(names, count, lease)
             if got:
                 return got
 
@@ -496,6 +495,41 @@ class RedisBroker:
                 continue
             out.append(Delivery(message, token, expires, now, int(reply[i + 4])))
         return out
+
+    async def _wait_and_take(
+        self, names: Sequence[str], remaining: float, count: int, lease: int
+    ) -> list[Delivery]:
+        """Wait for work on ``names``, then lease up to ``count`` tasks.
+
+        On a standalone server the dequeue script is pipelined behind the
+        BLPOP on the notify lists: Redis runs it as soon as the BLPOP returns
+        (or times out), so a woken worker has its tasks after one round trip
+        instead of two.
+        """
+        if self.is_cluster:
+            await self._wait_for_work(names, remaining)
+            return await self._take(names, count, lease)
+        timeout = self._connector.socket_timeout()
+        block = remaining if timeout is None else min(remaining, max(timeout - 0.5, timeout / 2))
+        keys = [k for q in names for k in self._keys_for("dequeue", q)]
+        try:
+            client = self._connector.client()
+            sha = self._scripts["dequeue"].variant(await self._variant(client))[0]
+            pipe = client.pipeline(transaction=False)
+            pipe.blpop([self._keys(q).notify for q in names], timeout=max(block, 0.001))
+            pipe.execute_command(
+                "EVALSHA", sha, len(keys), *keys, self._now_arg(), count, lease, _nonce()
+            )
+            waited, reply = await pipe.execute(raise_on_error=False)
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, "wait for tasks") from exc
+        if isinstance(waited, BaseException):
+            raise self._error(waited, "wait for tasks")
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return await self._take(names, count, lease)  # EVAL loads the script again
+        if isinstance(reply, BaseException):
+            raise self._error(reply, "dequeue")
+        return await self._deliveries(reply, lease, names)
 
     async def _wait_for_work(self, names: Sequence[str], remaining: float) -> None:
         """Block until a notify list of ``names`` gets a token, or ``remaining`` seconds pass."""
