@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -106,8 +107,17 @@ def read_stats(stats_dir: Path) -> list[dict[str, Any]]:
 class Adapter(Protocol):
     """What one library's script provides.
 
-    ``enqueue`` and ``enqueue_batch`` may be plain functions or coroutines;
-    all coroutine methods run on one event loop for the whole benchmark.
+    ``open``, ``close`` and ``enqueue`` may be plain functions or coroutines;
+    all coroutines run on one event loop for the whole benchmark. Optional
+    members, looked up with ``getattr``:
+
+    * ``enqueue_batch(n)``: enqueue ``n`` tasks with the library's batch API;
+    * ``latency_env``: environment for the latency phase's worker (a polling
+      library may state a shorter poll interval there);
+    * ``storage_bytes()``: bytes stored, for brokers that are not Redis (NaN
+      when unknown);
+    * ``in_process`` and ``start_local_worker()``: the broker lives in the
+      producer's process, so its worker runs there too (returns a stop function).
     """
 
     name: str
@@ -195,10 +205,6 @@ class Workers:
                 )
             )
 
-    def pids(self) -> list[int]:
-        """The workers' process ids."""
-        return [p.pid for p in self.procs]
-
     def check_alive(self) -> None:
         """Raise RuntimeError if a worker already exited."""
         for p in self.procs:
@@ -246,7 +252,7 @@ class LocalWorker:
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values``, nearest-rank."""
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
     return ordered[index]
 
 
@@ -301,6 +307,7 @@ class Bench:
         return time.perf_counter() - t0
 
     def phase_enqueue(self) -> None:
+        """Time ``n`` single enqueues; count Redis commands and memory per queued task."""
         n = self.args.n
         # Brokers that are not Redis may tell their own storage size (SQLite: file bytes).
         storage: Callable[[], float] | None = getattr(self.a, "storage_bytes", None)
@@ -392,6 +399,7 @@ class Bench:
             time.sleep(0.01)
 
     def phase_latency(self) -> None:
+        """One idle worker; enqueue-to-handler-start of tasks sent ``spacing`` s apart."""
         count, spacing = self.args.latency_n, self.args.latency_spacing
         stats_dir = self.tmp / "latency"
         stats_dir.mkdir()
