@@ -9,6 +9,8 @@ from typing import Protocol, runtime_checkable
 
 from taskq.errors import InvalidDurationError
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
@@ -62,13 +64,13 @@ def dt_to_ms(value: datetime, *, name: str = "time") -> int:
         raise InvalidDurationError(
             f"{name} must be timezone-aware (e.g. datetime.now(timezone.utc)), got a naive datetime"
         )
-    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = value - _EPOCH
     return delta // timedelta(milliseconds=1)
 
 
 def ms_to_dt(value: int) -> datetime:
     """Convert epoch milliseconds to an aware UTC datetime."""
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=value)
+    return _EPOCH + timedelta(milliseconds=value)
 
 
 def td_to_ms(value: timedelta | float | int, *, name: str = "duration") -> int:
