@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,6 +55,15 @@ def resolve_broker(broker: Broker | str | None) -> Broker:
 def unique_key(queue: str, task_type: str, payload: bytes) -> str:
     """The unique-lock name of a task: its queue, type and the SHA-256 of its payload."""
     return f"{queue}:{task_type}:{hashlib.sha256(payload).hexdigest()}"
+
+
+def _new_task_id() -> str:
+    """A random UUID4 in its usual text form, as ``str(uuid.uuid4())`` but at half its cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _check_task_id(value: object) -> str:
@@ -161,7 +169,7 @@ class AsyncClient:
             else 0
         )
         unique_ttl = _positive_ms(merged["unique"], "unique") if "unique" in merged else 0
-        task_id = _check_task_id(merged["task_id"]) if "task_id" in merged else str(uuid.uuid4())
+        task_id = _check_task_id(merged["task_id"]) if "task_id" in merged else _new_task_id()
         group = validate_group_name(merged["group"]) if "group" in merged else ""
 
         message = TaskMessage(

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -122,6 +123,15 @@ def test_unique_key_names_queue_type_and_payload_digest() -> None:
     key = unique_key("q", "t", b"abc")
     assert key.startswith("q:t:") and len(key) == len("q:t:") + 64
     assert unique_key("q", "t", b"abd") != key
+
+
+async def test_default_task_ids_are_distinct_uuid4_strings(client: AsyncClient) -> None:
+    infos = await client.enqueue_many([Task("t", b"%d" % i) for i in range(200)])
+    ids = [info.id for info in infos if isinstance(info, taskq.TaskInfo)]
+    assert len(set(ids)) == 200
+    for task_id in ids:
+        parsed = uuid.UUID(task_id)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, task_id)
 
 
 async def test_task_id_conflict_raises(client: AsyncClient) -> None:
