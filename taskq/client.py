@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from taskq._sync import run_sync
-from taskq._time import Clock, SystemClock, dt_to_ms, td_to_ms
+from taskq._time import Clock, SystemClock, dt_to_ms, ms_to_dt, ms_to_td, td_to_ms
 from taskq.brokers.base import Broker, EnqueueRequest
 from taskq.brokers.registry import DEFAULT_BROKER_URL, connect
 from taskq.errors import InvalidArgumentError, InvalidDurationError
@@ -38,6 +38,7 @@ EnqueueHook = Callable[[Task], Task]
 """A function run on every task before it is enqueued (tracing, tenancy, signing)."""
 
 _OPTION_NAMES = frozenset(ENQUEUE_OPTIONS)
+_EPOCH = ms_to_dt(0)
 
 
 def resolve_broker(broker: Broker | str | None) -> Broker:
@@ -88,12 +89,119 @@ def _positive_ms(value: object, name: str, *, allow_zero: bool = False) -> int:
 class _Plan:
     """A validated enqueue: the message to store and how to store it."""
 
-    __slots__ = ("message", "process_at", "unique_ttl")
+    __slots__ = ("message", "options", "process_at", "unique_ttl")
 
-    def __init__(self, message: TaskMessage, process_at: int, unique_ttl: int) -> None:
+    def __init__(
+        self, message: TaskMessage, process_at: int, unique_ttl: int, options: _Options
+    ) -> None:
         self.message = message
         self.process_at = process_at
         self.unique_ttl = unique_ttl
+        self.options = options
+
+
+class _Options:
+    """Merged enqueue options past validation, with their TaskInfo forms precomputed.
+
+    Built once per call for every task that sets no options of its own, so a
+    batch validates and converts its shared options once.
+    """
+
+    __slots__ = (
+        "deadline",
+        "deadline_dt",
+        "group",
+        "max_retry",
+        "process_at",
+        "process_at_dt",
+        "process_in",
+        "retention",
+        "retention_td",
+        "task_id",
+        "timeout",
+        "timeout_td",
+        "unique_ttl",
+    )
+
+    def __init__(self, merged: dict[str, Any]) -> None:
+        max_retry = merged.get("max_retry", DEFAULT_MAX_RETRY)
+        if isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0:
+            raise InvalidArgumentError(f"max_retry must be an int >= 0, got {max_retry!r}")
+        self.max_retry: int = max_retry
+        # process_at is absolute; process_in is added to each task's "now".
+        self.process_at = 0
+        self.process_in: int | None = None
+        if "process_at" in merged:
+            self.process_at = dt_to_ms(merged["process_at"], name="process_at")
+        elif "process_in" in merged:
+            self.process_in = _positive_ms(merged["process_in"], "process_in", allow_zero=True)
+        self.timeout = _positive_ms(merged["timeout"], "timeout") if "timeout" in merged else 0
+        self.deadline = dt_to_ms(merged["deadline"], name="deadline") if "deadline" in merged else 0
+        self.retention = (
+            _positive_ms(merged["retention"], "retention", allow_zero=True)
+            if "retention" in merged
+            else 0
+        )
+        self.unique_ttl = _positive_ms(merged["unique"], "unique") if "unique" in merged else 0
+        self.task_id: str | None = (
+            _check_task_id(merged["task_id"]) if "task_id" in merged else None
+        )
+        self.group = validate_group_name(merged["group"]) if "group" in merged else ""
+        self.process_at_dt = ms_to_dt(self.process_at) if self.process_at else None
+        self.timeout_td = ms_to_td(self.timeout) if self.timeout else None
+        self.deadline_dt = ms_to_dt(self.deadline) if self.deadline else None
+        self.retention_td = ms_to_td(self.retention) if self.retention else None
+
+
+class _Shared:
+    """The options of one enqueue call, checked and resolved on first use, then reused."""
+
+    __slots__ = ("_given", "_options", "_queue", "raw")
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self._given: dict[str, Any] | None = None
+        self._queue: str | None = None
+        self._options: _Options | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The options that were set (not None); raises on an unknown name."""
+        if self._given is None:
+            unknown = set(self.raw) - _OPTION_NAMES
+            if unknown:
+                raise InvalidArgumentError(
+                    f"unknown enqueue option(s): {', '.join(sorted(unknown))}"
+                )
+            self._given = {k: v for k, v in self.raw.items() if v is not None}
+        return self._given
+
+    def queue(self) -> str:
+        """The validated queue of a task that sets no options itself."""
+        if self._queue is None:
+            self._queue = _resolve_queue(self.given())
+        return self._queue
+
+    def options(self) -> _Options:
+        """The other validated options of a task that sets no options itself."""
+        if self._options is None:
+            self._options = _Options(self.given())
+        return self._options
+
+
+def _resolve_queue(merged: dict[str, Any]) -> str:
+    if "process_at" in merged and "process_in" in merged:
+        raise InvalidArgumentError("give process_at or process_in, not both")
+    return validate_queue_name(merged.get("queue", DEFAULT_QUEUE))
+
+
+def _merge(task: Task, given: dict[str, Any]) -> dict[str, Any]:
+    """The task's own options overridden by those given to the call."""
+    merged = task.options()
+    if "process_at" in given or "process_in" in given:
+        merged.pop("process_at", None)
+        merged.pop("process_in", None)
+    merged.update(given)
+    return merged
 
 
 class AsyncClient:
@@ -129,71 +237,84 @@ class AsyncClient:
         self._hooks.append(hook)
 
     def _plan(self, task: Task, options: dict[str, Any]) -> _Plan:
+        """Validate ``task`` with the options of one enqueue call (no broker I/O)."""
+        return self._plan_with(task, _Shared(options))
+
+    def _plan_with(self, task: Task, shared: _Shared) -> _Plan:
         if not isinstance(task, Task):
             raise InvalidArgumentError(f"expected a taskq.Task, got {type(task).__name__}")
-        unknown = set(options) - _OPTION_NAMES
-        if unknown:
-            raise InvalidArgumentError(f"unknown enqueue option(s): {', '.join(sorted(unknown))}")
+        given = shared.given()
         for hook in self._hooks:
             task = hook(task)
             if not isinstance(task, Task):
                 raise InvalidArgumentError("an enqueue hook must return a taskq.Task")
-        given = {k: v for k, v in options.items() if v is not None}
-        merged = task.options()
-        if "process_at" in given or "process_in" in given:
-            merged.pop("process_at", None)
-            merged.pop("process_in", None)
-        merged.update(given)
-        if "process_at" in merged and "process_in" in merged:
-            raise InvalidArgumentError("give process_at or process_in, not both")
-
-        queue = validate_queue_name(merged.get("queue", DEFAULT_QUEUE))
-        check_payload_size(task.payload, self._max_payload)
-
-        max_retry = merged.get("max_retry", DEFAULT_MAX_RETRY)
-        if isinstance(max_retry, bool) or not isinstance(max_retry, int) or max_retry < 0:
-            raise InvalidArgumentError(f"max_retry must be an int >= 0, got {max_retry!r}")
+        payload = task.payload
+        if _has_options(task):
+            merged = _merge(task, given)
+            queue = _resolve_queue(merged)
+            check_payload_size(payload, self._max_payload)
+            opts = _Options(merged)
+        else:
+            queue = shared.queue()
+            check_payload_size(payload, self._max_payload)
+            opts = shared.options()
 
         now = self._clock.now_ms()
-        process_at = 0
-        if "process_at" in merged:
-            process_at = dt_to_ms(merged["process_at"], name="process_at")
-        elif "process_in" in merged:
-            process_at = now + _positive_ms(merged["process_in"], "process_in", allow_zero=True)
-
-        timeout = _positive_ms(merged["timeout"], "timeout") if "timeout" in merged else 0
-        deadline = dt_to_ms(merged["deadline"], name="deadline") if "deadline" in merged else 0
-        retention = (
-            _positive_ms(merged["retention"], "retention", allow_zero=True)
-            if "retention" in merged
-            else 0
-        )
-        unique_ttl = _positive_ms(merged["unique"], "unique") if "unique" in merged else 0
-        task_id = _check_task_id(merged["task_id"]) if "task_id" in merged else _new_task_id()
-        group = validate_group_name(merged["group"]) if "group" in merged else ""
-
+        process_at = opts.process_at
+        if opts.process_in is not None:
+            process_at = now + opts.process_in
+        unique_ttl = opts.unique_ttl
         message = TaskMessage(
-            id=task_id,
+            id=opts.task_id if opts.task_id is not None else _new_task_id(),
             type=task.type,
-            payload=task.payload,
+            payload=payload,
             queue=queue,
             headers=task.headers,
-            max_retry=max_retry,
-            timeout=timeout,
-            deadline=deadline,
-            unique_key=unique_key(queue, task.type, task.payload) if unique_ttl else "",
-            group=group,
-            retention=retention,
+            max_retry=opts.max_retry,
+            timeout=opts.timeout,
+            deadline=opts.deadline,
+            unique_key=unique_key(queue, task.type, payload) if unique_ttl else "",
+            group=opts.group,
+            retention=opts.retention,
             enqueued_at=now,
         )
-        return _Plan(message, process_at, unique_ttl)
+        return _Plan(message, process_at, unique_ttl, opts)
 
     @staticmethod
-    def _info(plan: _Plan, state: TaskState) -> TaskInfo:
-        due = plan.process_at if state is TaskState.SCHEDULED else 0
+    def _info(plan: _Plan, state: TaskState, times: _DtCache) -> TaskInfo:
+        """The TaskInfo of a just-stored task (as TaskInfo.from_message, conversions reused)."""
+        msg = plan.message
+        opts = plan.options
+        enqueued_at = times.get(msg.enqueued_at)
         if state is TaskState.PENDING:
-            due = plan.message.enqueued_at
-        return TaskInfo.from_message(plan.message, state, next_process_at=due)
+            due: datetime | None = enqueued_at
+        elif state is TaskState.SCHEDULED and plan.process_at:
+            due = (
+                opts.process_at_dt
+                if opts.process_at_dt is not None and plan.process_at == opts.process_at
+                else times.get(plan.process_at)
+            )
+        else:
+            due = None
+        return TaskInfo(
+            id=msg.id,
+            queue=msg.queue,
+            type=msg.type,
+            payload=msg.payload,
+            headers=dict(msg.headers),
+            state=state,
+            max_retry=msg.max_retry,
+            retried=0,
+            last_error="",
+            last_failed_at=None,
+            timeout=opts.timeout_td,
+            deadline=opts.deadline_dt,
+            group=msg.group or None,
+            next_process_at=due,
+            retention=opts.retention_td,
+            enqueued_at=enqueued_at,
+            completed_at=None,
+        )
 
     async def enqueue(
         self,
@@ -246,7 +367,7 @@ class AsyncClient:
             "process_at": process_at,
             "process_in": process_in,
         }
-        plan = self._plan(task, options)
+        plan = self._plan_with(task, _Shared(options))
         msg = plan.message
         if plan.process_at > self._clock.now_ms():
             state = await self.broker.schedule(msg, plan.process_at, unique_ttl=plan.unique_ttl)
@@ -254,7 +375,7 @@ class AsyncClient:
             state = await self.broker.add_to_group(msg, unique_ttl=plan.unique_ttl)
         else:
             state = await self.broker.enqueue(msg, unique_ttl=plan.unique_ttl)
-        return self._info(plan, state)
+        return self._info(plan, state, _DtCache())
 
     async def enqueue_many(
         self, tasks: Iterable[Task], **options: Any
@@ -269,15 +390,18 @@ class AsyncClient:
             per task, in order, its TaskInfo or the error that refused it
             (TaskIDConflictError, DuplicateTaskError).
         """
-        plans = [self._plan(task, dict(options)) for task in tasks]
+        shared = _Shared(options)
+        plans = [self._plan_with(task, shared) for task in tasks]
         if not plans:
             return []
         requests = [EnqueueRequest(p.message, p.process_at, p.unique_ttl) for p in plans]
         results = await self.broker.enqueue_many(requests)
-        out: list[TaskInfo | Exception] = []
-        for plan, result in zip(plans, results, strict=True):
-            out.append(result if isinstance(result, Exception) else self._info(plan, result))
-        return out
+        times = _DtCache()
+        info = self._info
+        return [
+            result if isinstance(result, Exception) else info(plan, result, times)
+            for plan, result in zip(plans, results, strict=True)
+        ]
 
     async def get_task_info(self, queue: str, task_id: str) -> TaskInfo:
         """Return the current :class:`TaskInfo` of a task.
@@ -301,6 +425,40 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _has_options(task: Task) -> bool:
+    """Whether ``task`` sets any enqueue option itself (as ``bool(task.options())``)."""
+    return (
+        task.queue is not None
+        or task.max_retry is not None
+        or task.timeout is not None
+        or task.deadline is not None
+        or task.unique is not None
+        or task.task_id is not None
+        or task.retention is not None
+        or task.group is not None
+        or task.process_at is not None
+        or task.process_in is not None
+    )
+
+
+class _DtCache:
+    """``ms_to_dt`` that reuses the last result: a batch's tasks mostly share one millisecond."""
+
+    __slots__ = ("_dt", "_ms")
+
+    def __init__(self) -> None:
+        self._ms = -1
+        self._dt = _EPOCH
+
+    def get(self, ms: int) -> datetime | None:
+        if not ms:
+            return None
+        if ms != self._ms:
+            self._ms = ms
+            self._dt = ms_to_dt(ms)
+        return self._dt
 
 
 def _is_broker(value: object) -> bool:

@@ -213,6 +213,57 @@ async def test_enqueue_many_reports_each_result_in_order(
     assert (await broker.queue_stats("default")).size == 3
 
 
+async def test_returned_task_info_is_the_stored_message_as_task_info(
+    client: AsyncClient, broker: InMemoryBroker, clock: FakeClock
+) -> None:
+    shared = {
+        "max_retry": 3,
+        "timeout": timedelta(seconds=30),
+        "deadline": T0 + timedelta(days=1),
+        "retention": timedelta(hours=2),
+        "unique": timedelta(minutes=1),
+    }
+    tasks = [
+        Task("t", b"1", {"k": "v"}),
+        Task("t", b"2", process_in=timedelta(minutes=5)),
+        Task("t", b"3", group="g"),
+        Task("t", b"4", process_at=T0 + timedelta(hours=1), task_id="own"),
+    ]
+    infos = await client.enqueue_many(tasks, **shared)
+    clock.advance(timedelta(milliseconds=7))
+    infos.append(await client.enqueue(Task("t", b"5"), process_in=timedelta(seconds=1)))
+    infos.append(await client.enqueue(Task("t", b"6"), group="g"))
+    for info in infos:
+        assert isinstance(info, taskq.TaskInfo)
+        message = broker._queues[info.queue].tasks[info.id].msg
+        due = {
+            TaskState.PENDING: message.enqueued_at,
+            TaskState.AGGREGATING: 0,
+            TaskState.SCHEDULED: broker._queues[info.queue].tasks[info.id].score,
+        }[info.state]
+        assert info == taskq.TaskInfo.from_message(message, info.state, next_process_at=due)
+
+
+async def test_enqueue_many_applies_shared_options_to_every_task_without_own_options(
+    client: AsyncClient, broker: InMemoryBroker
+) -> None:
+    tasks = [Task("t", b"1"), Task("t", b"2", queue="low"), Task("t", b"3")]
+    results = await client.enqueue_many(tasks, max_retry=2, process_in=timedelta(minutes=1))
+    assert [(r.queue, r.max_retry, r.state) for r in results if isinstance(r, taskq.TaskInfo)] == [
+        ("default", 2, TaskState.SCHEDULED),
+        ("low", 2, TaskState.SCHEDULED),
+        ("default", 2, TaskState.SCHEDULED),
+    ]
+    assert len({r.id for r in results if isinstance(r, taskq.TaskInfo)}) == 3
+
+
+async def test_enqueue_many_of_no_tasks_stores_nothing(
+    client: AsyncClient, broker: InMemoryBroker
+) -> None:
+    assert await client.enqueue_many([], queue="low") == []
+    assert await broker.queues() == []
+
+
 async def test_enqueue_many_validates_every_task_before_storing_any(
     client: AsyncClient, broker: InMemoryBroker
 ) -> None:
