@@ -9,6 +9,7 @@ for byte in ``docs/wire-format.md``: versioned JSON, never pickle.
 from __future__ import annotations
 
 import base64
+import binascii
 import enum
 import json
 from collections.abc import Mapping
@@ -185,7 +186,13 @@ class Task:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+# One encoder for every message: json.dumps() with options builds a new one per
+# call. The output is the same as json.dumps(doc, separators=..., ensure_ascii=False);
+# a message document holds no containers that could refer to themselves.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
 
 
 @attrs.frozen(slots=True)
@@ -245,7 +252,7 @@ class TaskMessage:
             doc["enqueued_at"] = self.enqueued_at
         if self.completed_at:
             doc["completed_at"] = self.completed_at
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _JSON.encode(doc).encode("utf-8")
 
     @classmethod
     def decode(cls, data: bytes | str) -> TaskMessage:
