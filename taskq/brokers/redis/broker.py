@@ -382,20 +382,28 @@ class RedisBroker:
         for message, _, _ in items:
             if "\x00" in message.id or "\x00" in message.group:
                 raise InvalidArgumentError("task ids and group names must not contain NUL")
-        chunks = _chunks_by_queue((message.queue for message, _, _ in items), _ENQUEUE_CHUNK)
+        if len(items) == 1:
+            chunks = [(items[0][0].queue, [0])]
+        else:
+            chunks = _chunks_by_queue((message.queue for message, _, _ in items), _ENQUEUE_CHUNK)
         now = self._now_arg()
         calls: list[tuple[str, Sequence[str | bytes], Sequence[Any]]] = []
         for queue, chunk in chunks:
             args: list[Any] = [now]
+            extend = args.extend
             for i in chunk:
                 message, process_at, unique_ttl = items[i]
-                args += (
-                    message.id,
-                    message.encode(),
-                    process_at,
-                    message.group,
-                    message.unique_key,
-                    unique_ttl,
+                # Numbers and empty strings already as bytes: redis-py then
+                # sends them as they are instead of converting each one.
+                extend(
+                    (
+                        message.id,
+                        message.encode(),
+                        b"%d" % process_at if process_at else b"0",
+                        message.group or b"",
+                        message.unique_key or b"",
+                        b"%d" % unique_ttl if unique_ttl else b"0",
+                    )
                 )
             calls.append(("enqueue", self._keys_for("enqueue", queue), args))
         if not calls:
@@ -407,18 +415,19 @@ class RedisBroker:
             if reply[0] == 1:
                 registered.append(queue)
             for i, code in zip(chunk, reply[1:], strict=True):
-                message = items[i][0]
-                if code == b"C":
+                state = _STATE_OF_LETTER[code]
+                if state is not None:
+                    results[i] = state
+                elif code == b"C":
                     results[i] = TaskIDConflictError(
-                        f"task id {message.id!r} already exists in queue {queue!r}"
+                        f"task id {items[i][0].id!r} already exists in queue {queue!r}"
                     )
                 elif code == b"D":
                     results[i] = DuplicateTaskError(
-                        f"unique lock {message.unique_key!r} in queue {queue!r} is held"
+                        f"unique lock {items[i][0].unique_key!r} in queue {queue!r} is held"
                     )
-                else:
-                    results[i] = _STATE_OF_LETTER[code] or TaskState.PENDING
-        await self._register(registered)
+        if registered:
+            await self._register(registered)
         return results
 
     # ------------------------------------------------------------------ consuming
