@@ -83,7 +83,15 @@ class TaskState(str, enum.Enum):
         return self.value
 
 
+_VALID_NAMES: set[str] = set()
+"""Names that passed :func:`_check_name` (the rules are the same for every kind of name)."""
+_VALID_NAMES_MAX = 4096
+
+
 def _check_name(value: object, what: str, error: type[InvalidArgumentError]) -> str:
+    # Most programs use a handful of task types and queues: remember the good ones.
+    if type(value) is str and value in _VALID_NAMES:
+        return value
     if not isinstance(value, str):
         raise error(f"{what} must be a str, got {type(value).__name__}")
     if not value or not value.strip():
@@ -96,6 +104,10 @@ def _check_name(value: object, what: str, error: type[InvalidArgumentError]) -> 
     if bad:
         shown = ", ".join(repr(c) for c in sorted(bad))
         raise error(f"{what} {value!r} contains forbidden characters: {shown}")
+    if type(value) is str:
+        if len(_VALID_NAMES) >= _VALID_NAMES_MAX:
+            _VALID_NAMES.clear()
+        _VALID_NAMES.add(value)
     return value
 
 
@@ -132,7 +144,7 @@ def validate_task_type(type_name: object) -> str:
 
 
 def _headers(value: Mapping[str, str] | None) -> Mapping[str, str]:
-    if value is None:
+    if value is None or (type(value) is dict and not value):
         return {}
     if not isinstance(value, Mapping):
         raise InvalidArgumentError("headers must be a mapping of str to str")

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import attrs
 import pytest
 
+import taskq.task
 from taskq.errors import (
     InvalidArgumentError,
     InvalidQueueNameError,
@@ -21,7 +22,9 @@ from taskq.task import (
     TaskMessage,
     TaskState,
     truncate_error,
+    validate_group_name,
     validate_queue_name,
+    validate_task_type,
 )
 
 
@@ -182,3 +185,19 @@ def test_task_state_values_are_the_documented_names() -> None:
         "completed",
         "aggregating",
     ]
+
+
+def test_name_checks_give_the_same_answer_every_time() -> None:
+    for _ in range(2):
+        assert validate_queue_name("mail") == "mail"
+        assert validate_task_type("mail") == "mail"
+        with pytest.raises(InvalidQueueNameError):
+            validate_queue_name("bad{name}")
+        with pytest.raises(InvalidArgumentError):
+            validate_group_name(" padded")
+
+
+def test_remembered_valid_names_stay_bounded() -> None:
+    for i in range(taskq.task._VALID_NAMES_MAX + 10):
+        validate_queue_name(f"queue-{i}")
+    assert len(taskq.task._VALID_NAMES) <= taskq.task._VALID_NAMES_MAX
