@@ -54,7 +54,6 @@ _COMMANDS = ("enqueue", "queues", "tasks", "fleet", "stats", "dash")
 _OPTIONAL_COMMANDS = {
     "worker": "run a worker server (taskq worker APP:MUX)",
     "scheduler": "run a periodic-task scheduler",
-    "web": "serve the web dashboard",
 }
 
 log = logging.getLogger("taskq.cli")
