@@ -36,12 +36,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from taskq.brokers.base import Ack, EnqueueRequest
+from _broker_ops import (
+    QUEUE,
+    enqueue_batched,
+    enqueue_concurrent,
+    enqueue_single,
+)
+
+from taskq.brokers.base import Ack
 from taskq.brokers.redis import RedisBroker
 from taskq.task import TaskMessage, TaskState
-
-QUEUE = "bench"
-PAYLOAD = b'{"user_id": 42, "template": "welcome"}'
 
 
 def _free_port() -> int:
@@ -93,41 +97,6 @@ def redis_server() -> Iterator[int]:
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-
-
-def _messages(prefix: str, n: int) -> list[TaskMessage]:
-    return [
-        TaskMessage(id=f"{prefix}-{i}", type="bench:task", payload=PAYLOAD, queue=QUEUE)
-        for i in range(n)
-    ]
-
-
-async def _enqueue_single(broker: RedisBroker, n: int) -> float:
-    messages = _messages("single", n)
-    started = time.perf_counter()
-    for message in messages:
-        await broker.enqueue(message)
-    return n / (time.perf_counter() - started)
-
-
-async def _enqueue_concurrent(broker: RedisBroker, n: int, callers: int) -> float:
-    messages = _messages("concurrent", n)
-
-    async def caller(mine: list[TaskMessage]) -> None:
-        for message in mine:
-            await broker.enqueue(message)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller(messages[i::callers]) for i in range(callers)))
-    return n / (time.perf_counter() - started)
-
-
-async def _enqueue_batched(broker: RedisBroker, n: int, batch: int) -> float:
-    requests = [EnqueueRequest(m) for m in _messages("batch", n)]
-    started = time.perf_counter()
-    for i in range(0, n, batch):
-        await broker.enqueue_many(requests[i : i + batch])
-    return n / (time.perf_counter() - started)
 
 
 async def _drain_single(broker: RedisBroker) -> float:
@@ -226,11 +195,11 @@ async def _measure(url: str, tasks: int, batch: int) -> dict[str, float]:
     await broker.ping()
     results: dict[str, float] = {}
     single = max(tasks // 4, 1000)
-    results["enqueue/s, one per call"] = await _enqueue_single(broker, single)
+    results["enqueue/s, one per call"] = await enqueue_single(broker, single)
     results["dequeue+done/s, one per call"] = await _drain_single(broker)
-    results["enqueue/s, one per call, 16 callers"] = await _enqueue_concurrent(broker, single, 16)
+    results["enqueue/s, one per call, 16 callers"] = await enqueue_concurrent(broker, single, 16)
     await broker.delete_all(QUEUE, TaskState.PENDING, limit=single)
-    results[f"enqueue_many/s, batches of {batch}"] = await _enqueue_batched(broker, tasks, batch)
+    results[f"enqueue_many/s, batches of {batch}"] = await enqueue_batched(broker, tasks, batch)
     results[f"dequeue+done_many/s, batches of {batch}"] = await _drain_batched(broker, batch)
     await broker.close()
     return results

@@ -33,41 +33,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from taskq.brokers.base import Ack, EnqueueRequest
+from _broker_ops import (
+    PAYLOAD,
+    QUEUE,
+    enqueue_batched,
+    enqueue_concurrent,
+    enqueue_single,
+)
+
+from taskq.brokers.base import Ack
 from taskq.brokers.sqlite import SQLiteBroker
 from taskq.task import TaskMessage
 
-QUEUE = "bench"
-PAYLOAD = b'{"user_id": 42, "template": "welcome"}'
 SPAWN = multiprocessing.get_context("spawn")
-
-
-def _messages(prefix: str, n: int) -> list[TaskMessage]:
-    return [
-        TaskMessage(id=f"{prefix}-{i}", type="bench:task", payload=PAYLOAD, queue=QUEUE)
-        for i in range(n)
-    ]
-
-
-async def _enqueue_single(broker: SQLiteBroker, n: int) -> float:
-    messages = _messages("single", n)
-    started = time.perf_counter()
-    for message in messages:
-        await broker.enqueue(message)
-    return n / (time.perf_counter() - started)
-
-
-async def _enqueue_concurrent(broker: SQLiteBroker, n: int, callers: int) -> float:
-    """``callers`` coroutines, each enqueuing one task per call (web handlers, say)."""
-    messages = _messages("concurrent", n)
-
-    async def caller(mine: list[TaskMessage]) -> None:
-        for message in mine:
-            await broker.enqueue(message)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(caller(messages[i::callers]) for i in range(callers)))
-    return n / (time.perf_counter() - started)
 
 
 async def _drain_concurrent_acks(broker: SQLiteBroker, count: int) -> float:
@@ -79,14 +57,6 @@ async def _drain_concurrent_acks(broker: SQLiteBroker, count: int) -> float:
         await asyncio.gather(*(broker.done(d.ref) for d in deliveries))
         done += len(deliveries)
     return done / (time.perf_counter() - started)
-
-
-async def _enqueue_batched(broker: SQLiteBroker, n: int, batch: int) -> float:
-    requests = [EnqueueRequest(m) for m in _messages("batch", n)]
-    started = time.perf_counter()
-    for start in range(0, n, batch):
-        await broker.enqueue_many(requests[start : start + batch])
-    return n / (time.perf_counter() - started)
 
 
 async def _drain(broker: SQLiteBroker, count: int) -> tuple[int, float]:
@@ -195,7 +165,7 @@ async def run(
     single_n = max(1, tasks // 4)
     broker = SQLiteBroker(fresh("single"))
     await broker.ping()
-    results["enqueue_single_per_s"] = await _enqueue_single(broker, single_n)
+    results["enqueue_single_per_s"] = await enqueue_single(broker, single_n)
     log(f"enqueue, one per call:          {results['enqueue_single_per_s']:>9,.0f} /s")
     _, results["drain_single_per_s"] = await _drain(broker, 1)
     log(f"dequeue + done, one per call:   {results['drain_single_per_s']:>9,.0f} /s")
@@ -203,7 +173,7 @@ async def run(
 
     broker = SQLiteBroker(fresh("concurrent"))
     await broker.ping()
-    results["enqueue_16_callers_per_s"] = await _enqueue_concurrent(broker, single_n, 16)
+    results["enqueue_16_callers_per_s"] = await enqueue_concurrent(broker, single_n, 16)
     log(f"enqueue, one per call, 16 callers: {results['enqueue_16_callers_per_s']:>6,.0f} /s")
     results["drain_16_concurrent_done_per_s"] = await _drain_concurrent_acks(broker, 16)
     log(f"dequeue 16 + 16 concurrent done: {results['drain_16_concurrent_done_per_s']:>8,.0f} /s")
@@ -211,13 +181,13 @@ async def run(
 
     full = SQLiteBroker(fresh("full"), synchronous="FULL")
     await full.ping()
-    results["enqueue_single_full_per_s"] = await _enqueue_single(full, max(1, single_n // 4))
+    results["enqueue_single_full_per_s"] = await enqueue_single(full, max(1, single_n // 4))
     log(f"enqueue, one per call, FULL:    {results['enqueue_single_full_per_s']:>9,.0f} /s")
     await full.close()
 
     broker = SQLiteBroker(fresh("batch"))
     await broker.ping()
-    results["enqueue_batch_per_s"] = await _enqueue_batched(broker, tasks, batch)
+    results["enqueue_batch_per_s"] = await enqueue_batched(broker, tasks, batch)
     log(f"enqueue_many, batches of {batch:<4}:  {results['enqueue_batch_per_s']:>9,.0f} /s")
     drained, results["drain_batch_per_s"] = await _drain(broker, batch)
     assert drained == tasks, (drained, tasks)
@@ -226,7 +196,7 @@ async def run(
 
     path = fresh("two")
     broker = SQLiteBroker(path)
-    await _enqueue_batched(broker, tasks, batch)
+    await enqueue_batched(broker, tasks, batch)
     await broker.close()
     out = SPAWN.Queue()
     consumers = [SPAWN.Process(target=_drain_process, args=(path, batch, out)) for _ in range(2)]
