@@ -220,15 +220,16 @@ class Server:
         Raises:
             as :meth:`start`.
         """
-        self.start(mux)
         terminate = threading.Event()
-        try:
-            with self._signals(terminate):
+        # Handlers go in before the server starts: a signal that arrives right
+        # after the start-up line must shut down gracefully, not kill the process.
+        with self._signals(terminate):
+            self.start(mux)
+            try:
                 while not terminate.is_set() and not self._finished.is_set():
                     terminate.wait(0.5)
+            finally:
                 self.shutdown()
-        finally:
-            self.shutdown()
 
     # ------------------------------------------------------------------ signals
 

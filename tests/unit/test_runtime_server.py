@@ -416,3 +416,29 @@ def test_a_fetch_waiting_at_shutdown_cannot_keep_a_requeued_task() -> None:
     time.sleep(0.5)  # the free slot's fetch is now waiting in the broker
     server.shutdown_now()
     assert info(broker, msg).state is TaskState.PENDING
+
+
+def test_run_handles_signals_from_the_moment_the_server_starts(
+    broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM right after the start-up line must shut down gracefully, not kill."""
+    import signal
+
+    server = Server(broker, Config(fetch_wait=0.1, shutdown_timeout=1))
+    default = signal.getsignal(signal.SIGTERM)
+    seen: list[object] = []
+    real_start = server.start
+
+    def start(mux: ServeMux) -> None:
+        handler = signal.getsignal(signal.SIGTERM)
+        seen.append(handler)
+        real_start(mux)
+        if handler is default:  # raising now would kill the test run itself
+            threading.Timer(0.2, server.shutdown).start()
+        else:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(server, "start", start)
+    server.run(ServeMux())  # on the main thread, where run() installs its handlers
+    assert seen and seen[0] is not default
+    assert signal.getsignal(signal.SIGTERM) is default
