@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import datetime, timedelta, timezone
 
 import attrs
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import taskq.task
 from taskq.errors import (
@@ -201,3 +203,73 @@ def test_remembered_valid_names_stay_bounded() -> None:
     for i in range(taskq.task._VALID_NAMES_MAX + 10):
         validate_queue_name(f"queue-{i}")
     assert len(taskq.task._VALID_NAMES) <= taskq.task._VALID_NAMES_MAX
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ident=_TEXT.filter(bool),
+    task_type=_TEXT.filter(bool),
+    queue=_TEXT.filter(bool),
+    payload=st.binary(max_size=64),
+    headers=st.dictionaries(_TEXT, _TEXT, max_size=3),
+    numbers=st.lists(st.integers(min_value=0, max_value=2**53), min_size=8, max_size=8),
+    strings=st.lists(_TEXT, min_size=3, max_size=3),
+)
+def test_encoding_is_byte_for_byte_the_documented_json(
+    ident: str,
+    task_type: str,
+    queue: str,
+    payload: bytes,
+    headers: dict[str, str],
+    numbers: list[int],
+    strings: list[str],
+) -> None:
+    # encode() writes the JSON itself (for speed); it must equal json.dumps of
+    # the documented document: compact separators, non-ASCII as itself, keys in
+    # the table's order, default-valued optional keys omitted.
+    msg = TaskMessage(
+        id=ident,
+        type=task_type,
+        queue=queue,
+        payload=payload,
+        headers=headers,
+        max_retry=numbers[0],
+        retried=numbers[1],
+        last_error=strings[0],
+        last_failed_at=numbers[2],
+        timeout=numbers[3],
+        deadline=numbers[4],
+        unique_key=strings[1],
+        group=strings[2],
+        retention=numbers[5],
+        enqueued_at=numbers[6],
+        completed_at=numbers[7],
+    )
+    doc: dict[str, object] = {
+        "v": 1,
+        "id": ident,
+        "type": task_type,
+        "queue": queue,
+        "payload": base64.b64encode(payload).decode(),
+        "max_retry": numbers[0],
+    }
+    optional: dict[str, object] = {
+        "headers": headers,
+        "retried": numbers[1],
+        "last_error": strings[0],
+        "last_failed_at": numbers[2],
+        "timeout": numbers[3],
+        "deadline": numbers[4],
+        "unique_key": strings[1],
+        "group": strings[2],
+        "retention": numbers[5],
+        "enqueued_at": numbers[6],
+        "completed_at": numbers[7],
+    }
+    doc.update({k: v for k, v in optional.items() if v})
+    expected = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    assert msg.encode() == expected
+    assert TaskMessage.decode(expected) == msg
