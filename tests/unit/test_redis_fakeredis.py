@@ -144,6 +144,24 @@ async def test_batches_larger_than_one_script_call_keep_each_result_at_its_index
     assert [(await broker.queue_stats(q)).size for q in ("a", "b")] == [0, 0]
 
 
+async def test_one_script_call_stores_more_tasks_than_one_variadic_command_takes(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The enqueue script writes a batch with variadic HSET/LPUSH calls of at
+    # most 1000 items each (Lua's unpack() has a stack limit); a batch larger
+    # than that must be split without losing, reordering or mispairing items.
+    monkeypatch.setattr("taskq.brokers.redis.broker._ENQUEUE_CHUNK", 5000)
+    messages = [_message(f"t{i}", max_retry=i) for i in range(2300)]
+    results = await broker.enqueue_many([EnqueueRequest(m) for m in messages])
+    assert results == [TaskState.PENDING] * 2300
+    got: list[Delivery] = []
+    while len(got) < 2300:
+        batch = await broker.dequeue(["q"], count=1000, lease=60_000)
+        assert batch
+        got += batch
+    assert [d.message for d in got] == messages
+
+
 async def test_scripts_without_a_shebang_run_where_it_is_unsupported(broker: RedisBroker) -> None:
     await broker.ping()
     await broker.enqueue(_message())

@@ -77,13 +77,25 @@ local function lex_range(name)
   return '[' .. name .. NUL, '(' .. name .. ONE
 end
 
+-- Run `cmd key items...` in calls of at most 1000 items (Lua's unpack has a
+-- stack limit); items stay in order. Nothing is sent for an empty list.
+local function variadic(cmd, key, items)
+  for first = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, first, math.min(first + 999, #items)))
+  end
+end
+
 local function notify(K, n)
   if n <= 0 or redis.call('EXISTS', K.paused) == 1 then
     return
   end
-  local room = NOTIFY_CAP - redis.call('LLEN', K.notify)
-  for _ = 1, math.min(n, room) do
-    redis.call('LPUSH', K.notify, '1')
+  local room = math.min(n, NOTIFY_CAP - redis.call('LLEN', K.notify))
+  if room > 0 then
+    local tokens = {}
+    for i = 1, room do
+      tokens[i] = '1'
+    end
+    redis.call('LPUSH', K.notify, unpack(tokens))
   end
 end
 

@@ -11,10 +11,17 @@
 --
 -- A task goes to scheduled when process_at is in the future, else to its group
 -- when it has one, else to pending. Each task is checked before it is written.
+--
+-- The writes every accepted task needs (its message, the pending state and the
+-- pending list entry) are collected and issued once per batch as variadic
+-- HSET/LPUSH calls, in the tasks' order: one redis.call per task instead of
+-- four. A table of the batch's ids stands in for HEXISTS on ids not yet written.
 
 local registered = redis.call('HSETNX', K.meta, 'created', fmt(NOW))
 local out = {registered}
-local became_pending = 0
+local messages, states, pending = {}, {}, {}
+local seen = {}
+local pending_state = 'p' .. fmt(NOW)
 local pruned = false
 for i = 2, #ARGV, 6 do
   local id, message, group, ukey = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
@@ -24,12 +31,14 @@ for i = 2, #ARGV, 6 do
     prune_unique(K)
     pruned = true
   end
-  if redis.call('HEXISTS', K.states, id) == 1 then
+  if seen[id] or redis.call('HEXISTS', K.states, id) == 1 then
     out[#out + 1] = 'C'
   elseif lock and unique_held(K, ukey) then
     out[#out + 1] = 'D'
   else
-    redis.call('HSET', K.messages, id, message)
+    seen[id] = true
+    messages[#messages + 1] = id
+    messages[#messages + 1] = message
     if process_at > NOW then
       if group ~= '' then
         redis.call('HSET', K.task_groups, id, group)
@@ -40,8 +49,9 @@ for i = 2, #ARGV, 6 do
       to_group(K, id, group, NOW, order_of(NOW, next_seq(K, 1)))
       out[#out + 1] = 'g'
     else
-      to_pending(K, id, false)
-      became_pending = became_pending + 1
+      states[#states + 1] = id
+      states[#states + 1] = pending_state
+      pending[#pending + 1] = id
       out[#out + 1] = 'p'
     end
     if lock then
@@ -49,5 +59,8 @@ for i = 2, #ARGV, 6 do
     end
   end
 end
-notify(K, became_pending)
+variadic('HSET', K.messages, messages)
+variadic('HSET', K.states, states)
+variadic('LPUSH', K.pending, pending)
+notify(K, #pending)
 return out
