@@ -188,6 +188,14 @@ class _Shared:
         return self._options
 
 
+_NO_OPTIONS = _Shared({})
+"""The options of a call that sets none; its checks and conversions are shared by all such calls.
+
+Safe to share: a :class:`_Shared` only caches results computed from its raw
+options, and :class:`_Options` is never changed after it is built.
+"""
+
+
 def _resolve_queue(merged: dict[str, Any]) -> str:
     if "process_at" in merged and "process_in" in merged:
         raise InvalidArgumentError("give process_at or process_in, not both")
@@ -355,19 +363,35 @@ class AsyncClient:
             DuplicateTaskError: the unique lock is held.
             BrokerError: the broker failed.
         """
-        options = {
-            "queue": queue,
-            "max_retry": max_retry,
-            "timeout": timeout,
-            "deadline": deadline,
-            "unique": unique,
-            "task_id": task_id,
-            "retention": retention,
-            "group": group,
-            "process_at": process_at,
-            "process_in": process_in,
-        }
-        plan = self._plan_with(task, _Shared(options))
+        if (
+            queue is None
+            and max_retry is None
+            and timeout is None
+            and deadline is None
+            and unique is None
+            and task_id is None
+            and retention is None
+            and group is None
+            and process_at is None
+            and process_in is None
+        ):
+            shared = _NO_OPTIONS  # validated once per process
+        else:
+            shared = _Shared(
+                {
+                    "queue": queue,
+                    "max_retry": max_retry,
+                    "timeout": timeout,
+                    "deadline": deadline,
+                    "unique": unique,
+                    "task_id": task_id,
+                    "retention": retention,
+                    "group": group,
+                    "process_at": process_at,
+                    "process_in": process_in,
+                }
+            )
+        plan = self._plan_with(task, shared)
         msg = plan.message
         if plan.process_at > self._clock.now_ms():
             state = await self.broker.schedule(msg, plan.process_at, unique_ttl=plan.unique_ttl)
@@ -390,7 +414,7 @@ class AsyncClient:
             per task, in order, its TaskInfo or the error that refused it
             (TaskIDConflictError, DuplicateTaskError).
         """
-        shared = _Shared(options)
+        shared = _Shared(options) if options else _NO_OPTIONS
         plans = [self._plan_with(task, shared) for task in tasks]
         if not plans:
             return []
