@@ -14,6 +14,7 @@ code never needs to import a driver to handle a failure::
     │   │   └── BrokerAuthError
     │   ├── BrokerTimeoutError
     │   ├── BrokerOutOfMemoryError
+    │   ├── BrokerConfigError          (a broker setting can lose tasks; strict start-up)
     │   ├── UnknownBrokerError         (no broker for a URL scheme)
     │   ├── SchemaVersionError         (stored data newer than this taskq)
     │   └── MessageDecodeError         (a stored message cannot be decoded)
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerAuthError",
+    "BrokerConfigError",
     "BrokerConnectionError",
     "BrokerError",
     "BrokerOutOfMemoryError",
@@ -106,6 +108,15 @@ class BrokerTimeoutError(BrokerError):
 
 class BrokerOutOfMemoryError(BrokerError):
     """The broker refused a write because it is out of memory."""
+
+
+class BrokerConfigError(BrokerError):
+    """The broker's server runs with a setting that can lose tasks.
+
+    Raised by a worker started with ``Config(strict_broker_checks=True)``
+    instead of only logging the warning (e.g. Redis ``maxmemory-policy`` other
+    than ``noeviction``).
+    """
 
 
 class UnknownBrokerError(BrokerError):

@@ -52,6 +52,8 @@ __all__ = [
     "Canceller",
     "ClusterAdmin",
     "ClusterSlotInfo",
+    "ConfigCheck",
+    "ConfigFinding",
     "Consumer",
     "DailyStats",
     "Delivery",
@@ -247,6 +249,21 @@ class ClusterSlotInfo:
     queue: str
     slot: int
     nodes: Sequence[str]
+
+
+@attrs.frozen
+class ConfigFinding:
+    """What a broker's start-up settings check (:class:`ConfigCheck`) found.
+
+    Attributes:
+        message: one log line naming the setting, its value, the risk and the fix.
+        unsafe: True when the setting can lose tasks (the server logs a
+            warning, or refuses to start with ``strict_broker_checks``);
+            False for information, e.g. that the check could not run.
+    """
+
+    message: str
+    unsafe: bool = True
 
 
 @runtime_checkable
@@ -720,6 +737,27 @@ class ClusterAdmin(Protocol):
 
         Raises:
             BrokerError: the broker is not connected to a cluster.
+        """
+        ...
+
+
+@runtime_checkable
+class ConfigCheck(Protocol):
+    """Optional, not part of :class:`Broker`: a broker that can check its server's settings.
+
+    A worker server calls it once at start-up when the broker implements it
+    (Redis: ``maxmemory-policy`` must be ``noeviction``); brokers with
+    nothing to check (memory, SQLite) simply do not.
+    """
+
+    async def check_config(self) -> list[ConfigFinding]:
+        """Settings of the broker's server that can lose tasks (empty when all is well).
+
+        A check that is not permitted (e.g. a command the ACL refuses) gives a
+        finding with ``unsafe=False`` instead of raising.
+
+        Raises:
+            BrokerError: the broker cannot be reached.
         """
         ...
 

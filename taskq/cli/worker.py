@@ -89,6 +89,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="a fixed delay before each retry (default: exponential backoff from ~10 s)",
     )
     parser.add_argument(
+        "--strict-broker-checks",
+        action="store_true",
+        help="refuse to start when the broker runs with a setting that can lose tasks "
+        "(Redis maxmemory-policy other than noeviction); default: log a warning",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -160,6 +166,8 @@ def _config_from(args: argparse.Namespace) -> dict[str, Any]:
         settings["lease"] = timedelta(seconds=args.lease)
     if args.retry_delay is not None:
         settings["retry_delay"] = _FixedDelay(timedelta(seconds=args.retry_delay))
+    if args.strict_broker_checks:
+        settings["strict_broker_checks"] = True
     return settings
 
 
@@ -210,6 +218,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--lease", str(args.lease)]
     if args.retry_delay is not None:
         argv += ["--retry-delay", str(args.retry_delay)]
+    if args.strict_broker_checks:
+        argv.append("--strict-broker-checks")
     return argv
 
 

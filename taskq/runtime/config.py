@@ -191,6 +191,10 @@ class Config:
         group_reclaim_after: an aggregation that has not finished after this
             long (its server died, or the aggregator raised) is undone and the
             group aggregated again.
+        strict_broker_checks: refuse to start (``BrokerConfigError``) when the
+            broker's start-up check finds a setting that can lose tasks (Redis
+            ``maxmemory-policy`` other than ``noeviction``); by default it is
+            logged as a warning. A check that cannot run never stops a start.
         logger: where the server logs (default ``logging.getLogger("taskq.worker")``).
 
     Raises:
@@ -229,6 +233,7 @@ class Config:
     group_max_size: int = 0
     group_limits: Mapping[str, GroupLimits] = attrs.field(factory=dict, converter=_group_limits)
     group_reclaim_after: timedelta = attrs.field(default=DEFAULT_RECLAIM_AFTER, converter=_duration)
+    strict_broker_checks: bool = False
     logger: logging.Logger | None = None
 
     def __attrs_post_init__(self) -> None:

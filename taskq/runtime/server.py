@@ -36,9 +36,9 @@ from typing import Any
 import attrs
 
 from taskq._time import Clock, SystemClock
-from taskq.brokers.base import Broker, ServerInfo
+from taskq.brokers.base import Broker, ConfigCheck, ServerInfo
 from taskq.brokers.registry import DEFAULT_BROKER_URL, connect, redact_url
-from taskq.errors import InvalidArgumentError, ServerClosedError
+from taskq.errors import BrokerConfigError, InvalidArgumentError, ServerClosedError
 from taskq.mux import ServeMux
 from taskq.runtime.cancellation import Cancellation
 from taskq.runtime.config import Config
@@ -52,6 +52,7 @@ from taskq.runtime.recoverer import Recoverer
 __all__ = ["Config", "Server", "default_broker_url", "run"]
 
 _START_TIMEOUT = 60.0
+_CHECK_TIMEOUT = 10.0
 _COMPONENT_STOP_TIMEOUT = 10.0
 _RESTART_DELAY = 1.0
 
@@ -145,13 +146,17 @@ class Server:
     def start(self, mux: ServeMux) -> None:
         """Start serving ``mux`` on a background thread; return once the server runs.
 
-        Connects (for a URL), pings the broker, then starts every component;
-        expired leases are recovered at once.
+        Connects (for a URL), pings the broker, checks the broker's settings
+        (a setting that can lose tasks, such as a Redis ``maxmemory-policy``
+        other than ``noeviction``, is logged as a warning), then starts every
+        component; expired leases are recovered at once.
 
         Raises:
             InvalidArgumentError: ``mux`` is not a ServeMux.
             ServerClosedError: the server was already started.
             BrokerError: the broker cannot be reached.
+            BrokerConfigError: with ``strict_broker_checks``, the broker runs
+                with a setting that can lose tasks.
         """
         if not isinstance(mux, ServeMux):
             raise InvalidArgumentError(f"start() needs a taskq.ServeMux, got {type(mux).__name__}")
@@ -321,6 +326,7 @@ class Server:
         try:
             try:
                 await broker.ping()
+                await self._check_broker(broker)
             except BaseException as exc:
                 self._start_error = exc
                 self._ready.set()
@@ -332,6 +338,27 @@ class Server:
                     await broker.close()
                 except Exception as exc:
                     log.warning("closing the broker failed: %s", exc)
+
+    async def _check_broker(self, broker: Broker) -> None:
+        """Log what the broker's settings check finds; refuse unsafe ones in strict mode.
+
+        A check that fails or times out is logged and never stops the start.
+        """
+        if not isinstance(broker, ConfigCheck):
+            return
+        log = self._log
+        try:
+            findings = await asyncio.wait_for(broker.check_config(), _CHECK_TIMEOUT)
+        except Exception as exc:
+            log.warning("could not check the broker's settings: %s", str(exc) or type(exc).__name__)
+            return
+        unsafe = [f.message for f in findings if f.unsafe]
+        if unsafe and self._config.strict_broker_checks:
+            raise BrokerConfigError(
+                " ".join(["refusing to start (strict_broker_checks):", *unsafe])
+            )
+        for finding in findings:
+            log.log(logging.WARNING if finding.unsafe else logging.INFO, "%s", finding.message)
 
     async def _serve(self, mux: ServeMux, broker: Broker) -> None:
         config, log = self._config, self._log

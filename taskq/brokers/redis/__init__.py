@@ -9,7 +9,7 @@ __all__ = ["LEAST_PRIVILEGE_ACL", "RedisBroker"]
 
 LEAST_PRIVILEGE_ACL = (
     "resetkeys ~taskq:* resetchannels &taskq:cancel -@all"
-    " +ping +hello +auth +select +time +command +cluster|slots"
+    " +ping +hello +auth +select +time +command +cluster|slots +info"
     " +eval +evalsha +blpop +publish +subscribe +unsubscribe +memory|usage"
     " +sadd +srem +smembers +smismember +hgetall +zrevrange"
     " +hset +hsetnx +hget +hmget +hdel +hexists +hincrby +hlen +hkeys"
@@ -22,5 +22,7 @@ LEAST_PRIVILEGE_ACL = (
 Use it as ``ACL SETUSER <user> on ><password> <LEAST_PRIVILEGE_ACL>``: keys
 under ``taskq:*`` only, the ``taskq:cancel`` channel only, and only the
 commands the broker sends itself or calls from its scripts (Redis checks
-both). With another prefix, replace ``taskq:`` in the key and channel rules.
+both). ``+info`` lets a worker check ``maxmemory_policy`` at start-up
+(``CONFIG`` is deliberately not granted). With another prefix, replace
+``taskq:`` in the key and channel rules.
 """

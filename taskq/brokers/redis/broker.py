@@ -32,6 +32,7 @@ from taskq.brokers._fleet_codec import entry_from_doc, entry_to_doc, server_from
 from taskq.brokers.base import (
     Ack,
     ClusterSlotInfo,
+    ConfigFinding,
     DailyStats,
     Delivery,
     EnqueueRequest,
@@ -42,6 +43,7 @@ from taskq.brokers.base import (
     SchedulerEvent,
     ServerInfo,
 )
+from taskq.brokers.redis.checks import maxmemory_findings, read_maxmemory_policy
 from taskq.brokers.redis.client import (
     AsyncRedis,
     Connector,
@@ -1203,6 +1205,33 @@ class RedisBroker:
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, "cluster slots") from exc
         return ClusterSlotInfo(queue, slot, [f"{n.host}:{n.port}" for n in nodes])
+
+    # ------------------------------------------------------------------ settings
+
+    async def check_config(self) -> list[ConfigFinding]:
+        """Settings of the Redis server(s) that can lose tasks (empty when all is well).
+
+        Reads ``maxmemory-policy`` (``CONFIG GET``, else ``INFO memory``) of
+        the server, or of every master of a Cluster; any policy other than
+        ``noeviction`` is an unsafe finding. When neither command is
+        permitted the finding says so, with ``unsafe=False``. The worker
+        server calls this once at start-up.
+
+        Raises:
+            BrokerError: Redis cannot be reached.
+        """
+        try:
+            client = self._connector.client()
+            if isinstance(client, redis.asyncio.RedisCluster):
+                await client.initialize()
+                masters = client.get_primaries()
+                policies = await asyncio.gather(*(read_maxmemory_policy(m) for m in masters))
+                found = [(m.name, p) for m, p in zip(masters, policies, strict=True)]
+            else:
+                found = [(self._connector.url, await read_maxmemory_policy(client))]
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, "maxmemory-policy check") from exc
+        return maxmemory_findings(found)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,0 +1,108 @@
+"""Start-up checks of the Redis server's settings (``RedisBroker.check_config``).
+
+taskq keeps every task only in Redis. Under any ``maxmemory-policy`` other
+than ``noeviction``, a server that reaches ``maxmemory`` deletes keys to make
+room, and a deleted message, lease or queue is a task lost without an error.
+With ``noeviction`` it refuses writes instead (``BrokerOutOfMemoryError``).
+
+The policy is read with ``CONFIG GET``; where that is not allowed (an ACL
+user without ``+config``, managed Redis that renames or disables ``CONFIG``)
+from ``INFO memory``. When neither is allowed the check says so and the worker
+starts anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import redis.exceptions
+
+from taskq.brokers.base import ConfigFinding
+
+__all__ = ["SAFE_POLICY", "NodeClient", "maxmemory_findings", "read_maxmemory_policy"]
+
+SAFE_POLICY = "noeviction"
+"""The only ``maxmemory-policy`` under which Redis never deletes a task on its own."""
+
+
+class NodeClient(Protocol):
+    """What the check needs of one server: a ``redis.asyncio`` client or cluster node."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        """Run one command and return its parsed reply."""
+        ...
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _field(reply: object, name: str) -> str | None:
+    """``name``'s value in a CONFIG GET or INFO reply (a dict, or a flat list of pairs)."""
+    if isinstance(reply, Mapping):
+        items = list(reply.items())
+    elif isinstance(reply, (list, tuple)):
+        items = list(zip(reply[::2], reply[1::2], strict=False))
+    else:
+        return None
+    for key, value in items:
+        if _text(key) == name:
+            return _text(value)
+    return None
+
+
+async def read_maxmemory_policy(node: NodeClient) -> str | None:
+    """The server's ``maxmemory-policy``, or None when it may not be read.
+
+    Tries ``CONFIG GET maxmemory-policy``, then ``INFO memory``; a refusal
+    (``NOPERM``, unknown or disabled command) of both gives None.
+
+    Raises:
+        redis.exceptions.ConnectionError, TimeoutError: the server cannot be reached.
+    """
+    try:
+        policy = _field(
+            await node.execute_command("CONFIG GET", "maxmemory-policy"), "maxmemory-policy"
+        )
+    except redis.exceptions.ResponseError:
+        policy = None
+    if policy:
+        return policy
+    try:
+        return _field(await node.execute_command("INFO", "memory"), "maxmemory_policy") or None
+    except redis.exceptions.ResponseError:
+        return None
+
+
+def maxmemory_findings(policies: Sequence[tuple[str, str | None]]) -> list[ConfigFinding]:
+    """The findings for the policies read from each server, as ``(address, policy or None)``.
+
+    One warning per unsafe policy (naming every server that has it), and one
+    note naming the servers whose policy could not be read.
+    """
+    unsafe: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for address, policy in policies:
+        if policy is None:
+            unknown.append(address)
+        elif policy != SAFE_POLICY:
+            unsafe.setdefault(policy, []).append(address)
+    findings = [
+        ConfigFinding(
+            f"Redis {', '.join(addresses)} runs with maxmemory-policy {policy}: when it "
+            "reaches maxmemory it evicts keys and tasks can be silently lost. Set "
+            f"maxmemory-policy {SAFE_POLICY} (see docs/redis.md, Production settings)."
+        )
+        for policy, addresses in unsafe.items()
+    ]
+    if unknown:
+        findings.append(
+            ConfigFinding(
+                f"could not read the maxmemory-policy of Redis {', '.join(unknown)} "
+                "(CONFIG GET and INFO are not permitted); it must be "
+                f"{SAFE_POLICY} (see docs/redis.md, Production settings).",
+                unsafe=False,
+            )
+        )
+    return findings
