@@ -134,6 +134,37 @@ async def test_default_task_ids_are_distinct_uuid4_strings(client: AsyncClient) 
         assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, task_id)
 
 
+def test_a_forked_child_does_not_hand_out_its_parents_next_task_ids() -> None:
+    # Ids come from a block of random bytes drawn ahead; a child forked while
+    # the block is half used must draw its own, or parent and child would give
+    # the same ids to different tasks.
+    from taskq.client import _new_task_id
+
+    _new_task_id()  # the block now holds ids the parent will hand out next
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.write(write, ",".join(_new_task_id() for _ in range(20)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split(","))
+    os.waitpid(pid, 0)
+    parent = {_new_task_id() for _ in range(20)}
+    assert len(child) == 20 and not child & parent
+
+
+async def test_task_ids_drawn_from_many_threads_are_all_distinct() -> None:
+    from taskq.client import _new_task_id
+
+    def draw() -> list[str]:
+        return [_new_task_id() for _ in range(2000)]
+
+    results = await asyncio.gather(*(asyncio.to_thread(draw) for _ in range(8)))
+    assert len({i for ids in results for i in ids}) == 16_000
+
+
 async def test_task_id_conflict_raises(client: AsyncClient) -> None:
     await client.enqueue(Task("t", b""), task_id="same")
     with pytest.raises(TaskIDConflictError):
