@@ -172,6 +172,10 @@ class Connector:
         last = self._last
         if last is not None and last[0] is loop:
             return last[1]
+        found = self._clients.get(loop)
+        if found is not None:
+            self._last = (loop, found)
+            return found
         with self._lock:
             found = self._clients.get(loop)
             if found is None:
