@@ -11,8 +11,9 @@ What it does not do: connection set-up. Each connection is made by the
 redis-py client's own pool (``make_connection()`` + ``connect()``: TCP, unix
 socket or TLS, AUTH, SELECT, CLIENT SETNAME, Sentinel master discovery), and
 only then taken over: its transport is switched to a :class:`_Connection`
-protocol. Replies are raw (no response callbacks), so the lane only carries
-commands whose replies the broker reads raw: scripts and BLPOP.
+protocol. Replies are raw (no redis-py response callbacks), so the lane
+only carries commands whose raw replies the broker reads: scripts, BLPOP
+and the few plain commands of ``RedisBroker._command``.
 
 Invariants:
 
