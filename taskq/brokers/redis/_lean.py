@@ -498,8 +498,12 @@ AnyLane = Lane | DriverLane
 """What the broker runs script calls on."""
 
 
-class _Unusable(Exception):
-    """The connection cannot be taken over: the caller falls back to redis-py."""
+class _Unusable(redis.exceptions.ConnectionError):
+    """The connection cannot be taken over: the caller falls back to redis-py.
+
+    A ConnectionError, so that should it ever surface (not expected: the
+    first connection decides) it is still translated as one.
+    """
 
 
 def _positive(value: object) -> float | None:
