@@ -11,13 +11,16 @@ call at a time from one process:
   an asyncio client), and through ``redis.asyncio`` and sync ``redis``;
 * RPUSH of a 100-byte value through sync ``redis`` (what Huey's enqueue costs);
 * taskq's real enqueue script (EVALSHA, same keys and arguments as
-  ``RedisBroker.enqueue``) through ``redis.asyncio`` and through the bare
-  protocol;
+  ``RedisBroker.enqueue``) through ``redis.asyncio``, through the bare
+  protocol, and through the broker's own script call (``RedisBroker._run``,
+  which takes the lean lane of ``taskq.brokers.redis._lean`` when hiredis is
+  installed);
 * the whole ``AsyncClient.enqueue``.
 
-The difference between the two EVALSHA rows is what ``redis.asyncio`` adds per
-call; the difference between the EVALSHA row and ``AsyncClient.enqueue`` is
-taskq's own Python work (validation, encoding, the returned TaskInfo).
+The difference between the first two EVALSHA rows is what ``redis.asyncio``
+adds per call, between the bare and the broker rows what the lean lane adds;
+the difference between the broker row and ``AsyncClient.enqueue`` is taskq's
+own Python work (validation, encoding, the returned TaskInfo).
 """
 
 from __future__ import annotations
@@ -139,6 +142,11 @@ async def measure(url: str, port: int, n: int) -> dict[str, float]:
     )
     out["taskq enqueue script, bare protocol EVALSHA"] = await _rate(
         n, lambda i: bare.call("EVALSHA", sha, len(keys), *keys, *with_id(n + 1000 + i))
+    )
+    broker: Any = client.broker
+    lane = type(broker._connector.lane()).__name__
+    out[f"taskq enqueue script, RedisBroker._run ({lane})"] = await _rate(
+        n, lambda i: broker._run("enqueue", keys, *with_id(2 * n + 2000 + i))
     )
     out["taskq AsyncClient.enqueue (whole path)"] = await _rate(
         n, lambda i: client.enqueue(taskq.Task("noop", b"0.0"))

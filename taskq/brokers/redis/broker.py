@@ -43,9 +43,9 @@ from taskq.brokers.base import (
     SchedulerEvent,
     ServerInfo,
 )
+from taskq.brokers.redis._lean import AnyLane
 from taskq.brokers.redis.checks import maxmemory_findings, read_maxmemory_policy
 from taskq.brokers.redis.client import (
-    AsyncRedis,
     Connector,
     connector_from_client,
     connector_from_url,
@@ -262,11 +262,11 @@ class RedisBroker:
     def _now_arg(self) -> str | int:
         return self._clock.now_ms() if self._clock is not None else ""
 
-    async def _variant(self, client: AsyncRedis) -> bool:
+    async def _variant(self, lane: AnyLane) -> bool:
         """Whether the server takes scripts with a ``#!lua`` shebang (Redis >= 7)."""
         if self._shebang is None:
             try:
-                await client.eval(_PROBE, 0)
+                await lane.call("EVAL", _PROBE, 0)
             except redis.exceptions.ResponseError:
                 self._shebang = False
             else:
@@ -277,17 +277,17 @@ class RedisBroker:
         """Run script ``name`` (EVALSHA, then EVAL after a NOSCRIPT)."""
         script = self._scripts[name]
         try:
-            client = self._connector.client()
+            lane = self._connector.lane()
             shebang = self._shebang
             if shebang is None:
-                shebang = await self._variant(client)
+                shebang = await self._variant(lane)
             try:
-                return await client.evalsha(
-                    script.sha if shebang else script.plain_sha, len(keys), *keys, *args
+                return await lane.call(
+                    "EVALSHA", script.sha if shebang else script.plain_sha, len(keys), *keys, *args
                 )
             except redis.exceptions.NoScriptError:
                 source = script.source if shebang else script.plain_source
-                return await client.eval(source, len(keys), *keys, *args)
+                return await lane.call("EVAL", source, len(keys), *keys, *args)
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, name) from exc
 
@@ -299,20 +299,19 @@ class RedisBroker:
             name, keys, args = calls[0]
             return [await self._run(name, keys, *args)]
         try:
-            client = self._connector.client()
-            shebang = await self._variant(client)
-            pipe = client.pipeline(transaction=False)
-            for name, keys, args in calls:
-                # Not pipe.evalsha(): redis-py's ClusterPipeline blocks that
-                # method, while the raw command is routed by its KEYS' slot.
-                sha = self._scripts[name].variant(shebang)[0]
-                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            lane = self._connector.lane()
+            shebang = await self._variant(lane)
+            results = await lane.pipeline(
+                [
+                    ("EVALSHA", self._scripts[name].variant(shebang)[0], len(keys), *keys, *args)
+                    for name, keys, args in calls
+                ]
+            )
             for i, result in enumerate(results):
                 if isinstance(result, redis.exceptions.NoScriptError):
                     name, keys, args = calls[i]
                     source = self._scripts[name].variant(shebang)[1]
-                    results[i] = await client.eval(source, len(keys), *keys, *args)
+                    results[i] = await lane.call("EVAL", source, len(keys), *keys, *args)
                 elif isinstance(result, BaseException):
                     raise result
             return results
@@ -320,9 +319,13 @@ class RedisBroker:
             raise self._error(exc, calls[0][0]) from exc
 
     async def _command(self, what: str, *args: Any) -> Any:
-        """Run one plain command on the running loop's client."""
+        """Run one plain command on the running loop's lane.
+
+        On the lean lane the reply is raw (no redis-py response callback):
+        callers accept both forms.
+        """
         try:
-            return await self._connector.client().execute_command(*args)
+            return await self._connector.lane().call(*args)
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, what) from exc
 
@@ -520,18 +523,18 @@ class RedisBroker:
         if self.is_cluster:
             await self._wait_for_work(names, remaining)
             return await self._take(names, count, lease)
-        timeout = self._connector.socket_timeout()
-        block = remaining if timeout is None else min(remaining, max(timeout - 0.5, timeout / 2))
+        block = self._block_for(remaining)
         keys = [k for q in names for k in self._keys_for("dequeue", q)]
+        notify = [self._keys(q).notify for q in names]
         try:
-            client = self._connector.client()
-            sha = self._scripts["dequeue"].variant(await self._variant(client))[0]
-            pipe = client.pipeline(transaction=False)
-            pipe.blpop([self._keys(q).notify for q in names], timeout=max(block, 0.001))
-            pipe.execute_command(
-                "EVALSHA", sha, len(keys), *keys, self._now_arg(), count, lease, _nonce()
+            lane = self._connector.lane()
+            sha = self._scripts["dequeue"].variant(await self._variant(lane))[0]
+            waited, reply = await lane.blocking(
+                [
+                    ("BLPOP", *notify, block),
+                    ("EVALSHA", sha, len(keys), *keys, self._now_arg(), count, lease, _nonce()),
+                ]
             )
-            waited, reply = await pipe.execute(raise_on_error=False)
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, "wait for tasks") from exc
         if isinstance(waited, BaseException):
@@ -542,17 +545,23 @@ class RedisBroker:
             raise self._error(reply, "dequeue")
         return await self._deliveries(reply, lease, names)
 
-    async def _wait_for_work(self, names: Sequence[str], remaining: float) -> None:
-        """Block until a notify list of ``names`` gets a token, or ``remaining`` seconds pass."""
+    def _block_for(self, remaining: float) -> float:
+        """How long one BLPOP may block: within ``remaining`` and the client's socket timeout."""
         timeout = self._connector.socket_timeout()
         block = remaining if timeout is None else min(remaining, max(timeout - 0.5, timeout / 2))
-        block = max(block, 0.001)
+        return max(block, 0.001)
+
+    async def _wait_for_work(self, names: Sequence[str], remaining: float) -> None:
+        """Block until a notify list of ``names`` gets a token, or ``remaining`` seconds pass."""
+        block = self._block_for(remaining)
         keys = [self._keys(q).notify for q in names]
         try:
-            client = self._connector.client()
             if not self.is_cluster:
-                await client.blpop(keys, timeout=block)
+                (waited,) = await self._connector.lane().blocking([("BLPOP", *keys, block)])
+                if isinstance(waited, BaseException):
+                    raise waited
                 return
+            client = self._connector.client()
             by_slot: dict[int, list[str]] = {}
             for key in keys:
                 by_slot.setdefault(key_slot(key.encode()), []).append(key)
@@ -684,10 +693,7 @@ class RedisBroker:
         """The broker's time in epoch ms: the clock given, else the Redis server's TIME."""
         if self._clock is not None:
             return self._clock.now_ms()
-        try:
-            seconds, micros = await self._connector.client().time()
-        except _DRIVER_ERRORS as exc:
-            raise self._error(exc, "TIME") from exc
+        seconds, micros = await self._command("TIME", "TIME")
         return int(seconds) * 1000 + int(micros) // 1000
 
     async def forward(self, queue: str, *, limit: int = 1000) -> int:

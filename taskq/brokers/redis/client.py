@@ -5,7 +5,9 @@ one :class:`~taskq.brokers.redis.RedisBroker` may be used from two loops at
 once (a sync ``taskq.Client`` runs its own loop thread beside a worker's
 loop). A :class:`Connector` therefore keeps a recipe (a zero-argument
 factory) and creates one client per running loop, lazily; it closes them all
-in :meth:`Connector.aclose`.
+in :meth:`Connector.aclose`. Beside each client it keeps the loop's lane for
+script calls (:meth:`Connector.lane`): the lean lane of
+:mod:`taskq.brokers.redis._lean` when it can serve the client, else redis-py.
 
 Recipes come from a URL (:func:`connector_from_url`) or from a client object
 the user already has (:func:`connector_from_client`): ``redis.asyncio.Redis``,
@@ -39,6 +41,7 @@ import redis.connection
 import redis.exceptions
 import redis.sentinel
 
+from taskq.brokers.redis._lean import AnyLane, DriverLane, Lane
 from taskq.brokers.registry import redact_url
 from taskq.errors import (
     BrokerAuthError,
@@ -113,6 +116,24 @@ def translate_error(exc: BaseException, where: str, secrets: Sequence[str] = ())
     return BrokerError(message)
 
 
+class _LoopState:
+    """What a Connector keeps for one event loop."""
+
+    __slots__ = ("client", "close", "lane")
+
+    def __init__(self, client: AsyncRedis, close: Callable[[], Awaitable[None]]) -> None:
+        self.client = client
+        self.close = close
+        self.lane: AnyLane | None = None
+
+    async def aclose(self) -> None:
+        try:
+            if self.lane is not None:
+                await self.lane.aclose()
+        finally:
+            await self.close()
+
+
 class Connector:
     """One asyncio redis client per running event loop, created from a recipe.
 
@@ -140,16 +161,21 @@ class Connector:
         self.secrets = tuple(s for s in secrets if s)
         self._first = first
         self._lock = threading.Lock()
-        self._clients: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[AsyncRedis, Callable[[], Awaitable[None]]]
-        ] = weakref.WeakKeyDictionary()
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+        # The last loop asked about and its state: one identity check on the hot path.
+        self._last: tuple[asyncio.AbstractEventLoop, _LoopState] | None = None
 
-    def client(self) -> AsyncRedis:
-        """The client of the running event loop (created on first use)."""
+    def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            return last[1]
         found = self._clients.get(loop)
         if found is not None:
-            return found[0]
+            self._last = (loop, found)
+            return found
         with self._lock:
             found = self._clients.get(loop)
             if found is None:
@@ -158,11 +184,32 @@ class Connector:
                     del self._clients[ended]
                 if self._first is not None:
                     first, self._first = self._first, None
-                    found = (first, _nothing)
+                    found = _LoopState(first, _nothing)
                 else:
-                    found = self._factory()
+                    found = _LoopState(*self._factory())
                 self._clients[loop] = found
-            return found[0]
+            self._last = (loop, found)
+            return found
+
+    def client(self) -> AsyncRedis:
+        """The client of the running event loop (created on first use)."""
+        return self._state().client
+
+    def lane(self) -> AnyLane:
+        """Where the running loop's script calls go (created on first use).
+
+        The lean lane when it can serve the loop's client (hiredis installed,
+        a plain standalone or Sentinel-managed ``redis.asyncio.Redis``), else
+        the client itself through :class:`~taskq.brokers.redis._lean.DriverLane`.
+        """
+        state = self._state()
+        lane = state.lane
+        if lane is None:
+            client = state.client
+            lane = state.lane = Lane.for_client(client) or DriverLane(client)
+        elif isinstance(lane, Lane) and lane.unusable:
+            lane = state.lane = lane.fallback
+        return lane
 
     def socket_timeout(self) -> float | None:
         """The read timeout (seconds) of the running loop's client connections."""
@@ -175,26 +222,23 @@ class Connector:
         return float(value) if value else None
 
     async def aclose(self) -> None:
-        """Close every client this connector created. Idempotent.
+        """Close every client (and lane) this connector created. Idempotent.
 
         Clients of other, still running loops are closed on their own loop;
         those of loops that are gone are dropped.
         """
         with self._lock:
-            handles = list(self._clients.items())
+            states = list(self._clients.items())
             self._clients.clear()
+            self._last = None
         current = asyncio.get_running_loop()
-        for loop, (_, close) in handles:
+        for loop, state in states:
             with contextlib.suppress(Exception):
                 if loop is current:
-                    await close()
+                    await state.aclose()
                 elif loop.is_running() and not loop.is_closed():
-                    future = asyncio.run_coroutine_threadsafe(_call(close), loop)
+                    future = asyncio.run_coroutine_threadsafe(state.aclose(), loop)
                     await asyncio.wait_for(asyncio.wrap_future(future), timeout=5)
-
-
-async def _call(close: Callable[[], Awaitable[None]]) -> None:
-    await close()
 
 
 async def _nothing() -> None:

@@ -1,0 +1,54 @@
+"""Which redis clients the lean lane serves (``taskq.brokers.redis._lean``); no server needed."""
+
+from __future__ import annotations
+
+import fakeredis
+import fakeredis.aioredis
+import pytest
+import redis.asyncio
+
+from taskq.brokers.redis import RedisBroker, _lean
+from taskq.brokers.redis._lean import DriverLane, Lane
+
+pytestmark = pytest.mark.skipif(not _lean.HAVE_HIREDIS, reason="the lean lane needs hiredis")
+
+
+async def test_a_plain_standalone_client_gets_the_lean_lane() -> None:
+    client = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0")
+    assert isinstance(Lane.for_client(client), Lane)
+    unix = redis.asyncio.Redis.from_url("unix:///nowhere.sock?db=1")
+    assert isinstance(Lane.for_client(unix), Lane)
+    await client.aclose()
+    await unix.aclose()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer()),
+        lambda: redis.asyncio.RedisCluster(host="127.0.0.1", port=1),
+        lambda: redis.asyncio.Redis(host="127.0.0.1", port=1, protocol=3),
+    ],
+    ids=["fakeredis", "cluster", "resp3"],
+)
+async def test_other_clients_keep_redis_py(make: object) -> None:
+    assert callable(make)
+    client = make()
+    assert Lane.for_client(client) is None
+    await client.aclose()
+
+
+async def test_without_hiredis_every_client_keeps_redis_py(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_lean, "HAVE_HIREDIS", False)
+    broker = RedisBroker.from_url("redis://127.0.0.1:1/0")
+    assert isinstance(broker._connector.lane(), DriverLane)
+    await broker.close()
+
+
+async def test_a_fakeredis_broker_runs_its_scripts_through_redis_py() -> None:
+    broker = RedisBroker(fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer()))
+    await broker.ping()
+    assert isinstance(broker._connector.lane(), DriverLane)
+    await broker.close()
