@@ -162,6 +162,35 @@ async def test_one_script_call_stores_more_tasks_than_one_variadic_command_takes
     assert [d.message for d in got] == messages
 
 
+async def test_messages_are_stored_without_their_id_and_queue(
+    broker: RedisBroker, fake: fakeredis.aioredis.FakeRedis
+) -> None:
+    # The hash field is the id and the key names the queue: repeating both in
+    # every stored message cost about 60 bytes per task.
+    message = _message("t1", queue="q", enqueued_at=5)
+    await broker.enqueue(message)
+    stored = await fake.hget(QueueKeys.for_queue("q", "taskq").messages, "t1")
+    assert stored == message.encode(addressed=False)
+    assert (await broker.get_task("q", "t1")).id == "t1"
+    [listed] = await broker.list_tasks("q", TaskState.PENDING)
+    assert (listed.id, listed.queue) == ("t1", "q")
+    [delivery] = await broker.dequeue(["q"], count=1, lease=60_000)
+    assert delivery.message == message
+
+
+async def test_messages_stored_with_their_id_and_queue_are_still_read(
+    broker: RedisBroker, fake: fakeredis.aioredis.FakeRedis
+) -> None:
+    # Tasks written before messages were stored unaddressed (or by another
+    # writer following docs/wire-format.md) keep working.
+    await broker.enqueue(_message("t1"))
+    legacy = _message("t1", max_retry=3)
+    await fake.hset(QueueKeys.for_queue("q", "taskq").messages, "t1", legacy.encode())
+    assert (await broker.get_task("q", "t1")).max_retry == 3
+    [delivery] = await broker.dequeue(["q"], count=1, lease=60_000)
+    assert delivery.message == legacy
+
+
 async def test_scripts_without_a_shebang_run_where_it_is_unsupported(broker: RedisBroker) -> None:
     await broker.ping()
     await broker.enqueue(_message())

@@ -273,3 +273,21 @@ def test_encoding_is_byte_for_byte_the_documented_json(
     expected = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     assert msg.encode() == expected
     assert TaskMessage.decode(expected) == msg
+
+
+def test_an_unaddressed_message_leaves_out_id_and_queue_and_takes_them_back() -> None:
+    msg = full_message()
+    bare = msg.encode(addressed=False)
+    doc = json.loads(bare)
+    assert "id" not in doc and "queue" not in doc
+    assert doc == {k: v for k, v in json.loads(msg.encode()).items() if k not in ("id", "queue")}
+    assert TaskMessage.decode(bare, task_id=msg.id, queue=msg.queue) == msg
+    with pytest.raises(MessageDecodeError):
+        TaskMessage.decode(bare)  # nowhere to take the id from
+
+
+def test_the_address_a_broker_gives_wins_over_the_messages_own() -> None:
+    msg = full_message()
+    moved = TaskMessage.decode(msg.encode(), task_id="other", queue="elsewhere")
+    assert (moved.id, moved.queue) == ("other", "elsewhere")
+    assert attrs.evolve(moved, id=msg.id, queue=msg.queue) == msg

@@ -403,7 +403,7 @@ class RedisBroker:
                 extend(
                     (
                         message.id,
-                        message.encode(),
+                        message.encode(addressed=False),
                         b"%d" % process_at if process_at else b"0",
                         message.group or b"",
                         message.unique_key or b"",
@@ -502,7 +502,9 @@ class RedisBroker:
         for i in range(1, len(reply), 5):
             token = _text(reply[i + 3])
             try:
-                message = TaskMessage.decode(reply[i + 2])
+                message = TaskMessage.decode(
+                    reply[i + 2], task_id=_text(reply[i + 1]), queue=queues[int(reply[i])]
+                )
             except (MessageDecodeError, SchemaVersionError) as exc:
                 ref = LeaseRef(queues[int(reply[i])], _text(reply[i + 1]), token)
                 await self.archive(ref, error=f"undecodable task message: {exc}")
@@ -763,7 +765,10 @@ class RedisBroker:
         reply = await self._run(
             "read_aggregation_set", self._keys(queue).all(), self._now_arg(), group, set_id
         )
-        return [TaskMessage.decode(m) for m in reply]
+        return [
+            TaskMessage.decode(reply[i + 1], task_id=_text(reply[i]), queue=queue)
+            for i in range(0, len(reply), 2)
+        ]
 
     async def finish_aggregation(
         self, queue: str, group: str, set_id: str, message: TaskMessage
@@ -780,7 +785,7 @@ class RedisBroker:
             group,
             set_id,
             message.id,
-            message.encode(),
+            message.encode(addressed=False),
         )
         if reply == -1:
             raise TaskIDConflictError(f"task id {message.id!r} already exists in queue {queue!r}")
@@ -1047,7 +1052,9 @@ class RedisBroker:
         )
         if reply is None:
             raise QueueNotFoundError(f"queue {queue!r} does not exist")
-        return [_info(reply[i : i + 5]) for i in range(1, len(reply), 5)]
+        return [
+            _info(reply[i + 1 : i + 6], _text(reply[i]), queue) for i in range(1, len(reply), 6)
+        ]
 
     async def get_task(self, queue: str, task_id: str) -> TaskInfo:
         """One task in whatever state it is.
@@ -1058,7 +1065,7 @@ class RedisBroker:
         """
         reply = await self._run("get_task", self._keys(queue).all(), self._now_arg(), task_id)
         self._check_found(reply, queue, task_id)
-        return _info(reply[1:6])
+        return _info(reply[1:6], task_id, queue)
 
     @staticmethod
     def _check_found(reply: list[Any], queue: str, task_id: str) -> None:
@@ -1265,13 +1272,13 @@ def _nonce() -> str:
     return os.urandom(8).hex() + "-"
 
 
-def _info(fields: Sequence[Any]) -> TaskInfo:
+def _info(fields: Sequence[Any], task_id: str, queue: str) -> TaskInfo:
     """A TaskInfo from ``message, letter, next_process_at, result, orphaned``."""
     raw, letter, next_at, result, orphaned = fields
     state = _STATE_OF_LETTER[letter]
     assert state is not None
     return TaskInfo.from_message(
-        TaskMessage.decode(raw),
+        TaskMessage.decode(raw, task_id=task_id, queue=queue),
         state,
         next_process_at=int(next_at),
         result=result,

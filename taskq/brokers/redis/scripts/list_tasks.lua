@@ -3,8 +3,8 @@
 --
 -- KEYS: all
 -- ARGV: now, state letter (p a s r x c g), offset, limit, group ("" = every group)
--- Returns: nil when the queue does not exist, else {now, then 5 values per task:
---   message, state letter, next_process_at (ms, 0 = none), result (nil = none),
+-- Returns: nil when the queue does not exist, else {now, then 6 values per task:
+--   id, message, state letter, next_process_at (ms, 0 = none), result (nil = none),
 --   orphaned (1 = an active task whose lease expired)}.
 --
 -- Pending and active: FIFO. Scheduled and retry: by due time. Archived and
@@ -19,6 +19,7 @@ local ids = ids_in_state(K, ARGV[2], ARGV[5], tonumber(ARGV[3]), tonumber(ARGV[4
 for _, id in ipairs(ids) do
   local d = describe(K, id)
   if d and d[1] then
+    out[#out + 1] = id
     for i = 1, 5 do
       out[#out + 1] = d[i]
     end
