@@ -32,7 +32,12 @@ from taskq.brokers.memory import InMemoryBroker
 from taskq.brokers.redis import RedisBroker
 from taskq.brokers.redis.keys import DEFAULT_PREFIX, FleetKeys
 from taskq.brokers.sqlite import SQLiteBroker
-from taskq.errors import BrokerConnectionError, DuplicateTaskError, TaskIDConflictError
+from taskq.errors import (
+    BrokerAuthError,
+    BrokerConnectionError,
+    DuplicateTaskError,
+    TaskIDConflictError,
+)
 from taskq.task import Task, TaskMessage, TaskState
 from taskq.testing import FakeClock
 from taskq.testing.servers import (
@@ -41,6 +46,7 @@ from taskq.testing.servers import (
     RedisSentinel,
     RedisServer,
     RedisServerFactory,
+    TLSFiles,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -342,6 +348,49 @@ def test_a_stopped_server_is_a_connection_error_that_never_shows_the_password(
         )
         assert secret not in shown
         assert "redis://" in str(caught.value)
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+def test_a_wrong_password_is_an_auth_error_that_never_shows_it(
+    redis_server_factory: RedisServerFactory, hops: LoopHops
+) -> None:
+    right, wrong = "canary-sync-right-0815", "canary-sync-wrong-0815"
+    server = redis_server_factory(password=right)
+    client = taskq.Client(server.url_for(None, wrong))
+    try:
+        with pytest.raises(BrokerAuthError) as caught:
+            client.enqueue(Task("t", b""))
+        assert hops.count == 0
+        shown = "\n".join(
+            [str(caught.value), repr(caught.value), *traceback.format_exception(caught.value)]
+        )
+        assert wrong not in shown and right not in shown
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["tls", "unix"])
+def test_tls_and_unix_socket_urls_take_the_blocking_path(
+    kind: str,
+    redis_server_factory: RedisServerFactory,
+    redis_tls_files: TLSFiles,
+    hops: LoopHops,
+) -> None:
+    if kind == "tls":
+        server = redis_server_factory(tls=redis_tls_files)
+        url = server.url
+        assert url.startswith("rediss://")
+    else:
+        server = redis_server_factory(unix_socket=True)
+        url = server.unix_url
+    client = taskq.Client(url)
+    try:
+        info = client.enqueue(Task("t", kind.encode()))
+        assert hops.count == 0
+        assert client.get_task_info("default", info.id).payload == kind.encode()
     finally:
         client.close()
 
