@@ -15,7 +15,8 @@ call at a time from one process:
   protocol, and through the broker's own script call (``RedisBroker._run``,
   which takes the lean lane of ``taskq.brokers.redis._lean`` when hiredis is
   installed);
-* the whole ``AsyncClient.enqueue``.
+* the whole ``AsyncClient.enqueue``, and the whole sync ``Client.enqueue``
+  (called from a plain thread, as a Flask or Django view would).
 
 The difference between the first two EVALSHA rows is what ``redis.asyncio``
 adds per call, between the bare and the broker rows what the lean lane adds;
@@ -154,7 +155,18 @@ async def measure(url: str, port: int, n: int) -> dict[str, float]:
     await client.close()
     await aio.aclose()
     sync.close()
+    sync_client = taskq.Client(url)
+    task = taskq.Task("noop", b"0.0")
+    sync_rate = await asyncio.to_thread(_warm_sync_rate, n, lambda: sync_client.enqueue(task))
+    out["taskq Client.enqueue (sync, whole path)"] = sync_rate
+    await asyncio.to_thread(sync_client.close)
     return out
+
+
+def _warm_sync_rate(n: int, call: Callable[[], Any]) -> float:
+    for _ in range(min(200, n)):
+        call()
+    return _sync_rate(n, call)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,10 @@ each call is a coroutine of the async twin, run on one private event-loop
 thread per process. That works from plain threads, from a thread pool of a
 running event loop, and after ``os.fork()`` (a child gets a fresh thread; it
 never touches the parent's loop).
+
+The one exception: ``Client.enqueue`` / ``enqueue_many`` store through the
+broker's :class:`~taskq.brokers.base.BlockingProducer` path on the calling
+thread when it has one, and come here only when it does not.
 """
 
 from __future__ import annotations

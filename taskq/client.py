@@ -15,7 +15,7 @@ from typing import Any
 
 from taskq._sync import run_sync
 from taskq._time import Clock, SystemClock, dt_to_ms, ms_to_dt, ms_to_td, td_to_ms
-from taskq.brokers.base import Broker, EnqueueRequest
+from taskq.brokers.base import BlockingProducer, Broker, EnqueueRequest
 from taskq.brokers.registry import DEFAULT_BROKER_URL, connect
 from taskq.errors import InvalidArgumentError, InvalidDurationError
 from taskq.task import (
@@ -395,35 +395,22 @@ class AsyncClient:
             DuplicateTaskError: the unique lock is held.
             BrokerError: the broker failed.
         """
-        if (
-            queue is None
-            and max_retry is None
-            and timeout is None
-            and deadline is None
-            and unique is None
-            and task_id is None
-            and retention is None
-            and group is None
-            and process_at is None
-            and process_in is None
-        ):
-            shared = _NO_OPTIONS  # validated once per process
-        else:
-            shared = _Shared(
-                {
-                    "queue": queue,
-                    "max_retry": max_retry,
-                    "timeout": timeout,
-                    "deadline": deadline,
-                    "unique": unique,
-                    "task_id": task_id,
-                    "retention": retention,
-                    "group": group,
-                    "process_at": process_at,
-                    "process_in": process_in,
-                }
-            )
-        plan = self._plan_with(task, shared)
+        shared = _call_options(
+            queue=queue,
+            max_retry=max_retry,
+            timeout=timeout,
+            deadline=deadline,
+            unique=unique,
+            task_id=task_id,
+            retention=retention,
+            group=group,
+            process_at=process_at,
+            process_in=process_in,
+        )
+        return await self._store(self._plan_with(task, shared))
+
+    async def _store(self, plan: _Plan) -> TaskInfo:
+        """Store one validated task with the broker method its plan calls for."""
         msg = plan.message
         if plan.process_at > self._clock.now_ms():
             state = await self.broker.schedule(msg, plan.process_at, unique_ttl=plan.unique_ttl)
@@ -432,6 +419,11 @@ class AsyncClient:
         else:
             state = await self.broker.enqueue(msg, unique_ttl=plan.unique_ttl)
         return self._info(plan, state, _DtCache())
+
+    def _request(self, plan: _Plan) -> EnqueueRequest:
+        """The batch form of :meth:`_store`'s choice: a due time only when it is in the future."""
+        process_at = plan.process_at if plan.process_at > self._clock.now_ms() else 0
+        return EnqueueRequest(plan.message, process_at, plan.unique_ttl)
 
     async def enqueue_many(
         self, tasks: Iterable[Task], **options: Any
@@ -446,12 +438,20 @@ class AsyncClient:
             per task, in order, its TaskInfo or the error that refused it
             (TaskIDConflictError, DuplicateTaskError).
         """
-        shared = _Shared(options) if options else _NO_OPTIONS
-        plans = [self._plan_with(task, shared) for task in tasks]
+        plans = self._plans(tasks, options)
         if not plans:
             return []
-        requests = [EnqueueRequest(p.message, p.process_at, p.unique_ttl) for p in plans]
-        results = await self.broker.enqueue_many(requests)
+        return self._infos(plans, await self.broker.enqueue_many(_requests(plans)))
+
+    def _plans(self, tasks: Iterable[Task], options: dict[str, Any]) -> list[_Plan]:
+        """Validate every task of an :meth:`enqueue_many` call (no broker I/O)."""
+        shared = _Shared(options) if options else _NO_OPTIONS
+        return [self._plan_with(task, shared) for task in tasks]
+
+    def _infos(
+        self, plans: Sequence[_Plan], results: Sequence[TaskState | Exception]
+    ) -> list[TaskInfo | Exception]:
+        """Per plan, the TaskInfo of its stored task or the error that refused it."""
         times = _DtCache()
         info = self._info
         return [
@@ -499,6 +499,53 @@ def _has_options(task: Task) -> bool:
     )
 
 
+def _call_options(
+    *,
+    queue: str | None,
+    max_retry: int | None,
+    timeout: timedelta | None,
+    deadline: datetime | None,
+    unique: timedelta | None,
+    task_id: str | None,
+    retention: timedelta | None,
+    group: str | None,
+    process_at: datetime | None,
+    process_in: timedelta | None,
+) -> _Shared:
+    """The options of one ``enqueue`` call (the shared, once-validated empty set when none)."""
+    if (
+        queue is None
+        and max_retry is None
+        and timeout is None
+        and deadline is None
+        and unique is None
+        and task_id is None
+        and retention is None
+        and group is None
+        and process_at is None
+        and process_in is None
+    ):
+        return _NO_OPTIONS  # validated once per process
+    return _Shared(
+        {
+            "queue": queue,
+            "max_retry": max_retry,
+            "timeout": timeout,
+            "deadline": deadline,
+            "unique": unique,
+            "task_id": task_id,
+            "retention": retention,
+            "group": group,
+            "process_at": process_at,
+            "process_in": process_in,
+        }
+    )
+
+
+def _requests(plans: Sequence[_Plan]) -> list[EnqueueRequest]:
+    return [EnqueueRequest(p.message, p.process_at, p.unique_ttl) for p in plans]
+
+
 class _DtCache:
     """``ms_to_dt`` that reuses the last result: a batch's tasks mostly share one millisecond."""
 
@@ -524,10 +571,14 @@ def _is_broker(value: object) -> bool:
 class Client:
     """Enqueue tasks from synchronous code.
 
-    A thin wrapper over :class:`AsyncClient`: each call runs on taskq's private
-    event-loop thread, so it works from plain threads, from inside a running
-    event loop's thread pool, and in a forked child. Same arguments, options
-    and errors as :class:`AsyncClient`.
+    Same arguments, options and errors as :class:`AsyncClient`, usable from
+    plain threads (many at once), from inside a running event loop's thread
+    pool, and in a forked child. Tasks are validated (and hooks run) on the
+    calling thread. When the broker can store without an event loop
+    (:class:`~taskq.brokers.base.BlockingProducer`: Redis standalone and
+    Sentinel URLs, SQLite, memory), the enqueue happens right there too;
+    otherwise, and for the other methods, the call runs on taskq's private
+    event-loop thread.
     """
 
     def __init__(
@@ -538,6 +589,8 @@ class Client:
         max_payload_size: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         self._async = AsyncClient(broker, clock=clock, max_payload_size=max_payload_size)
+        found = self._async.broker
+        self._blocking = found if isinstance(found, BlockingProducer) else None
 
     def __repr__(self) -> str:
         return f"Client({self._async.broker!r})"
@@ -551,13 +604,58 @@ class Client:
         """Run ``hook(task) -> task`` on every task before it is enqueued."""
         self._async.use(hook)
 
-    def enqueue(self, task: Task, **options: Any) -> TaskInfo:
-        """Put ``task`` on a queue; see :meth:`AsyncClient.enqueue`."""
-        return run_sync(self._async.enqueue(task, **options))
+    def enqueue(
+        self,
+        task: Task,
+        *,
+        queue: str | None = None,
+        max_retry: int | None = None,
+        timeout: timedelta | None = None,
+        deadline: datetime | None = None,
+        unique: timedelta | None = None,
+        task_id: str | None = None,
+        retention: timedelta | None = None,
+        group: str | None = None,
+        process_at: datetime | None = None,
+        process_in: timedelta | None = None,
+    ) -> TaskInfo:
+        """Put ``task`` on a queue; see :meth:`AsyncClient.enqueue` (same options and errors)."""
+        client = self._async
+        shared = _call_options(
+            queue=queue,
+            max_retry=max_retry,
+            timeout=timeout,
+            deadline=deadline,
+            unique=unique,
+            task_id=task_id,
+            retention=retention,
+            group=group,
+            process_at=process_at,
+            process_in=process_in,
+        )
+        plan = client._plan_with(task, shared)
+        if self._blocking is not None:
+            results = self._blocking.enqueue_blocking([client._request(plan)])
+            if results is not None:
+                (result,) = results
+                if isinstance(result, Exception):
+                    raise result
+                return client._info(plan, result, _DtCache())
+        return run_sync(client._store(plan))
 
     def enqueue_many(self, tasks: Sequence[Task], **options: Any) -> list[TaskInfo | Exception]:
         """Enqueue many tasks; see :meth:`AsyncClient.enqueue_many`."""
-        return run_sync(self._async.enqueue_many(list(tasks), **options))
+        client = self._async
+        plans = client._plans(tasks, options)
+        if not plans:
+            return []
+        requests = _requests(plans)
+        results = None
+        if self._blocking is not None:
+            results = self._blocking.enqueue_blocking(requests)
+        if results is None:
+            results = run_sync(client.broker.enqueue_many(requests))
+        return client._infos(plans, results)
 
     def get_task_info(self, queue: str, task_id: str) -> TaskInfo:
         """Return the current :class:`TaskInfo` of a task."""

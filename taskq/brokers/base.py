@@ -8,9 +8,10 @@ uses (:class:`Producer`, :class:`Consumer`, ...).
 Conventions every implementation follows (the conformance suite in
 ``taskq.testing`` checks each of them):
 
-* Every method is a coroutine and is **atomic**: it either applies all of its
-  effect or none of it. Where a method says "batch", each item is atomic on
-  its own and the batch as a whole is not.
+* Every method is a coroutine (but the optional :class:`BlockingProducer`'s)
+  and is **atomic**: it either applies all of its effect or none of it.
+  Where a method says "batch", each item is atomic on its own and the batch
+  as a whole is not.
 * Times and durations are ``int`` milliseconds (epoch ms for instants). A
   broker takes "now" from its own clock (the Redis server's ``TIME``, or the
   injectable :class:`taskq.Clock` it was built with), never from the caller.
@@ -47,6 +48,7 @@ from taskq.task import TaskInfo, TaskMessage, TaskState
 __all__ = [
     "Ack",
     "Admin",
+    "BlockingProducer",
     "Broker",
     "CancelSubscription",
     "Canceller",
@@ -737,6 +739,41 @@ class ClusterAdmin(Protocol):
 
         Raises:
             BrokerError: the broker is not connected to a cluster.
+        """
+        ...
+
+
+@runtime_checkable
+class BlockingProducer(Protocol):
+    """Optional, not part of :class:`Broker`: a broker that can store tasks without an event loop.
+
+    The sync :class:`taskq.Client` calls it from the caller's own thread when
+    the broker implements it, instead of handing each enqueue to taskq's
+    private event-loop thread and back (two thread switches per call).
+    Brokers that cannot store synchronously (or only sometimes) return None
+    and the client falls back to :meth:`Producer.enqueue_many` on the loop
+    thread; third-party brokers need not implement it at all.
+    """
+
+    def enqueue_blocking(
+        self, requests: Sequence[EnqueueRequest]
+    ) -> list[TaskState | Exception] | None:
+        """Store many tasks from any thread, blocking until done, as :meth:`Producer.enqueue_many`.
+
+        The contract is that of ``enqueue_many``: each item is atomic on its
+        own, the result per request in order is the stored state or the error
+        that refused it (TaskIDConflictError, DuplicateTaskError, as values),
+        and a broker failure raises. It must be safe to call from many threads
+        at once, beside the broker's coroutines running on any event loop, and
+        in a forked child.
+
+        Returns:
+            the per-item results, or None when the blocking path is not
+            available (this broker's connection cannot be used synchronously);
+            nothing was stored then and the caller uses ``enqueue_many``.
+
+        Raises:
+            BrokerError: the broker failed (some items may be stored).
         """
         ...
 

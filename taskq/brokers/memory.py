@@ -483,6 +483,16 @@ class InMemoryBroker:
 
     async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[TaskState | Exception]:
         """Store many tasks, each atomic on its own; per item the state or the refusal."""
+        return self._store_many(requests)
+
+    def enqueue_blocking(self, requests: Sequence[EnqueueRequest]) -> list[TaskState | Exception]:
+        """:meth:`enqueue_many` from any thread, without an event loop (never None).
+
+        Consumers waiting on other threads' loops are woken as by any write.
+        """
+        return self._store_many(requests)
+
+    def _store_many(self, requests: Sequence[EnqueueRequest]) -> list[TaskState | Exception]:
         results: list[TaskState | Exception] = []
         with self._lock:
             now = self._now()

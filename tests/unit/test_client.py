@@ -8,12 +8,13 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 import taskq
-from taskq.brokers.base import Broker
+from taskq.brokers.base import Broker, EnqueueRequest
 from taskq.brokers.memory import InMemoryBroker
 from taskq.client import AsyncClient, Client, unique_key
 from taskq.errors import (
@@ -24,7 +25,7 @@ from taskq.errors import (
     PayloadTooLargeError,
     TaskIDConflictError,
 )
-from taskq.task import Task, TaskState
+from taskq.task import Task, TaskMessage, TaskState
 from taskq.testing import FakeClock
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
@@ -179,7 +180,7 @@ class CountingBroker(InMemoryBroker):
         return await super().enqueue(*args, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
+BAD_OPTIONS = pytest.mark.parametrize(
     ("options", "error"),
     [
         ({"queue": ""}, InvalidQueueNameError),
@@ -204,6 +205,9 @@ class CountingBroker(InMemoryBroker):
         ({"bogus": 1}, InvalidArgumentError),
     ],
 )
+
+
+@BAD_OPTIONS
 async def test_bad_options_are_refused_before_any_broker_io(
     clock: FakeClock, options: dict[str, object], error: type[Exception]
 ) -> None:
@@ -385,3 +389,93 @@ def test_client_defaults_to_taskq_broker_env(monkeypatch: pytest.MonkeyPatch) ->
     client = Client()
     assert isinstance(client.broker, InMemoryBroker)
     assert isinstance(client.broker, Broker)
+
+
+class SpyBroker(InMemoryBroker):
+    """Records every write call; ``blocking=False`` declines the blocking path."""
+
+    def __init__(self, clock: FakeClock, *, blocking: bool) -> None:
+        super().__init__(clock=clock)
+        self.blocking = blocking
+        self.calls: list[str] = []
+
+    def enqueue_blocking(
+        self, requests: Sequence[EnqueueRequest]
+    ) -> list[TaskState | Exception] | None:  # type: ignore[override]
+        self.calls.append("enqueue_blocking")
+        return super().enqueue_blocking(requests) if self.blocking else None
+
+    async def enqueue(self, message: TaskMessage, *, unique_ttl: int = 0) -> TaskState:
+        self.calls.append("enqueue")
+        return await super().enqueue(message, unique_ttl=unique_ttl)
+
+    async def schedule(
+        self, message: TaskMessage, process_at: int, *, unique_ttl: int = 0
+    ) -> TaskState:
+        self.calls.append("schedule")
+        return await super().schedule(message, process_at, unique_ttl=unique_ttl)
+
+    async def add_to_group(self, message: TaskMessage, *, unique_ttl: int = 0) -> TaskState:
+        self.calls.append("add_to_group")
+        return await super().add_to_group(message, unique_ttl=unique_ttl)
+
+    async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[TaskState | Exception]:
+        self.calls.append("enqueue_many")
+        return await super().enqueue_many(requests)
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "loop-thread"])
+@BAD_OPTIONS
+def test_sync_client_refuses_bad_options_before_any_broker_io(
+    clock: FakeClock, options: dict[str, object], error: type[Exception], blocking: bool
+) -> None:
+    broker = SpyBroker(clock, blocking=blocking)
+    client = Client(broker, clock=clock)
+    with pytest.raises(error):
+        if "bogus" in options:
+            client.enqueue_many([Task("t", b"")], **options)
+        else:
+            client.enqueue(Task("t", b""), **options)  # type: ignore[arg-type]
+    with pytest.raises(error):
+        client.enqueue_many([Task("t", b"ok"), Task("t", b"")], **options)
+    assert broker.calls == []
+    assert asyncio.run(broker.queues()) == []
+
+
+@pytest.mark.parametrize(
+    ("blocking", "calls"),
+    [
+        (True, ["enqueue_blocking"] * 4),
+        (False, ["enqueue_blocking", "enqueue", "enqueue_blocking", "schedule"] * 2),
+    ],
+    ids=["blocking", "loop-thread"],
+)
+def test_sync_client_runs_hooks_once_on_the_calling_thread_and_stores_once(
+    clock: FakeClock, blocking: bool, calls: list[str]
+) -> None:
+    broker = SpyBroker(clock, blocking=blocking)
+    client = Client(broker, clock=clock)
+    seen: list[threading.Thread] = []
+
+    def hook(task: Task) -> Task:
+        seen.append(threading.current_thread())
+        return Task(task.type, task.payload, {"hooked": "1"})
+
+    client.use(hook)
+    infos = []
+    for _ in range(2):
+        infos.append(client.enqueue(Task("t", b"now")))
+        infos.append(client.enqueue(Task("t", b"later"), process_in=timedelta(minutes=1)))
+    assert broker.calls == calls
+    assert seen == [threading.current_thread()] * 4
+    assert [i.state for i in infos] == [TaskState.PENDING, TaskState.SCHEDULED] * 2
+    assert all(i.headers == {"hooked": "1"} for i in infos)
+
+
+def test_sync_client_raises_a_refusal_from_the_blocking_path(clock: FakeClock) -> None:
+    client = Client(SpyBroker(clock, blocking=True), clock=clock)
+    client.enqueue(Task("t", b"same"), task_id="x", unique=timedelta(minutes=1))
+    with pytest.raises(TaskIDConflictError):
+        client.enqueue(Task("t", b"other"), task_id="x")
+    with pytest.raises(DuplicateTaskError):
+        client.enqueue(Task("t", b"same"), unique=timedelta(minutes=1))

@@ -19,10 +19,11 @@ import json
 import os
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import date, timedelta
 from typing import Any
 
+import redis
 import redis.asyncio
 import redis.exceptions
 from redis.crc import key_slot
@@ -384,6 +385,98 @@ class RedisBroker:
     async def _store(
         self, items: Sequence[tuple[TaskMessage, int, int]]
     ) -> list[TaskState | Exception]:
+        chunks, calls = self._enqueue_calls(items)
+        if not calls:
+            return []
+        results, registered = self._enqueue_results(items, chunks, await self._run_many(calls))
+        if registered:
+            await self._register(registered)
+        return results
+
+    def enqueue_blocking(
+        self, requests: Sequence[EnqueueRequest]
+    ) -> list[TaskState | Exception] | None:
+        """:meth:`enqueue_many` from any thread, on a sync redis-py client (no event loop).
+
+        The same script calls, queue registration, clock and errors as
+        :meth:`enqueue_many`. The sync client is made on first use from the
+        broker's URL (standalone or Sentinel); its pool is thread-safe and
+        starts afresh in a forked child.
+
+        Returns:
+            per item the state or the refusal; None (nothing sent) when the
+            broker has no sync client: Redis Cluster, or a client object
+            passed in by the user (fakeredis included).
+
+        Raises:
+            BrokerError: Redis failed (translated driver error).
+        """
+        client = self._connector.sync_client()
+        if client is None:
+            return None
+        items = [(r.message, r.process_at, r.unique_ttl) for r in requests]
+        chunks, calls = self._enqueue_calls(items)
+        if not calls:
+            return []
+        try:
+            replies = self._run_many_blocking(client, calls)
+        except _DRIVER_ERRORS as exc:
+            raise self._error(exc, "enqueue") from exc
+        results, registered = self._enqueue_results(items, chunks, replies)
+        if registered:
+            command: Callable[..., Any] = client.execute_command
+            try:
+                command("SADD", self._fleet.queues, *registered)
+            except _DRIVER_ERRORS as exc:
+                raise self._error(exc, "register queue") from exc
+        return results
+
+    def _run_many_blocking(
+        self,
+        client: redis.Redis,
+        calls: Sequence[tuple[str, Sequence[str | bytes], Sequence[Any]]],
+    ) -> list[Any]:
+        """:meth:`_run_many` on a sync client: EVALSHA (pipelined), EVAL after a NOSCRIPT."""
+        command: Callable[..., Any] = client.execute_command  # untyped in redis-py
+        shebang = self._shebang
+        if shebang is None:
+            try:
+                command("EVAL", _PROBE, 0)
+            except redis.exceptions.ResponseError:
+                shebang = self._shebang = False
+            else:
+                shebang = self._shebang = True
+        if len(calls) == 1:
+            name, keys, args = calls[0]
+            sha, source = self._scripts[name].variant(shebang)
+            try:
+                return [command("EVALSHA", sha, len(keys), *keys, *args)]
+            except redis.exceptions.NoScriptError:
+                return [command("EVAL", source, len(keys), *keys, *args)]
+        pipe = client.pipeline(transaction=False)
+        queue_command: Callable[..., Any] = pipe.execute_command
+        for name, keys, args in calls:
+            queue_command(
+                "EVALSHA", self._scripts[name].variant(shebang)[0], len(keys), *keys, *args
+            )
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        for i, result in enumerate(results):
+            if isinstance(result, redis.exceptions.NoScriptError):
+                name, keys, args = calls[i]
+                source = self._scripts[name].variant(shebang)[1]
+                results[i] = command("EVAL", source, len(keys), *keys, *args)
+            elif isinstance(result, BaseException):
+                raise result
+        return results
+
+    def _enqueue_calls(
+        self, items: Sequence[tuple[TaskMessage, int, int]]
+    ) -> tuple[list[tuple[str, list[int]]], list[tuple[str, Sequence[str | bytes], Sequence[Any]]]]:
+        """The enqueue script calls for ``items``: the chunks (queue, item indexes) and calls.
+
+        Raises:
+            InvalidArgumentError: a task id or group contains NUL.
+        """
         for message, _, _ in items:
             if "\x00" in message.id or "\x00" in message.group:
                 raise InvalidArgumentError("task ids and group names must not contain NUL")
@@ -411,9 +504,15 @@ class RedisBroker:
                     )
                 )
             calls.append(("enqueue", self._keys_for("enqueue", queue), args))
-        if not calls:
-            return []
-        replies = await self._run_many(calls)
+        return chunks, calls
+
+    @staticmethod
+    def _enqueue_results(
+        items: Sequence[tuple[TaskMessage, int, int]],
+        chunks: Sequence[tuple[str, list[int]]],
+        replies: Sequence[Any],
+    ) -> tuple[list[TaskState | Exception], list[str]]:
+        """Per item the state or the refusal, and the queues the calls registered first."""
         results: list[TaskState | Exception] = [TaskState.PENDING] * len(items)
         registered = []
         for (queue, chunk), reply in zip(chunks, replies, strict=True):
@@ -431,9 +530,7 @@ class RedisBroker:
                     results[i] = DuplicateTaskError(
                         f"unique lock {items[i][0].unique_key!r} in queue {queue!r} is held"
                     )
-        if registered:
-            await self._register(registered)
-        return results
+        return results, registered
 
     # ------------------------------------------------------------------ consuming
 

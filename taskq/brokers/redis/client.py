@@ -15,6 +15,12 @@ the user already has (:func:`connector_from_client`): ``redis.asyncio.Redis``,
 client (``sentinel.master_for(...)``) or a ``Sentinel`` object. Sync objects
 are converted to asyncio clients built from their connection settings.
 
+Beside the per-loop clients, a connector built from a standalone or Sentinel
+URL keeps one *sync* ``redis.Redis`` (:meth:`Connector.sync_client`), made on
+first use from the same settings: the broker's blocking enqueue runs on it
+from any thread (its pool is thread-safe and resets itself in a forked
+child). Cluster URLs and user-supplied clients have none.
+
 Driver errors become taskq errors here (:func:`translate_error`); messages
 never contain a password.
 """
@@ -65,6 +71,8 @@ AsyncRedis = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
 _Handle = tuple[AsyncRedis, Callable[[], Awaitable[None]]]
 _Factory = Callable[[], _Handle]
+_SyncHandle = tuple[redis.Redis, Callable[[], None]]
+_SyncFactory = Callable[[], _SyncHandle]
 
 _AUTH_MARKERS = ("WRONGPASS", "NOAUTH", "NOPERM", "invalid password", "invalid username")
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -144,6 +152,8 @@ class Connector:
         secrets: passwords to mask in error messages.
         first: an existing client to use for the first loop that asks (the
             user's own object); it is not closed by :meth:`aclose`.
+        sync_factory: builds the sync client of :meth:`sync_client` with the
+            same settings as ``factory``'s (None: no blocking calls).
     """
 
     def __init__(
@@ -154,8 +164,11 @@ class Connector:
         is_cluster: bool,
         secrets: Sequence[str] = (),
         first: AsyncRedis | None = None,
+        sync_factory: _SyncFactory | None = None,
     ) -> None:
         self._factory = factory
+        self._sync_factory = sync_factory
+        self._sync: _SyncHandle | None = None
         self.url = url
         self.is_cluster = is_cluster
         self.secrets = tuple(s for s in secrets if s)
@@ -221,16 +234,37 @@ class Connector:
         value = kwargs.get("socket_timeout")
         return float(value) if value else None
 
+    def sync_client(self) -> redis.Redis | None:
+        """The sync client for blocking calls from any thread (made on first use).
+
+        None when this connector has no recipe for one (Cluster, user clients).
+        """
+        handle = self._sync
+        if handle is None:
+            if self._sync_factory is None:
+                return None
+            with self._lock:
+                handle = self._sync
+                if handle is None:
+                    handle = self._sync = self._sync_factory()
+        return handle[0]
+
     async def aclose(self) -> None:
         """Close every client (and lane) this connector created. Idempotent.
 
         Clients of other, still running loops are closed on their own loop;
-        those of loops that are gone are dropped.
+        those of loops that are gone are dropped. The sync client is closed
+        too (a blocking call running in another thread at that moment may
+        fail); the next blocking call makes a new one.
         """
         with self._lock:
             states = list(self._clients.items())
             self._clients.clear()
             self._last = None
+            sync, self._sync = self._sync, None
+        if sync is not None:
+            with contextlib.suppress(Exception):
+                sync[1]()
         current = asyncio.get_running_loop()
         for loop, state in states:
             with contextlib.suppress(Exception):
@@ -327,7 +361,17 @@ def connector_from_url(url: str) -> Connector:
                 client = redis.asyncio.Redis.from_url(url, decode_responses=False, **tls)
                 return client, client.aclose
 
-            return Connector(standalone, url=shown, is_cluster=False, secrets=secrets)
+            def standalone_sync() -> _SyncHandle:
+                client = redis.Redis.from_url(url, decode_responses=False, **tls)
+                return client, client.close
+
+            return Connector(
+                standalone,
+                url=shown,
+                is_cluster=False,
+                secrets=secrets,
+                sync_factory=standalone_sync,
+            )
         if scheme in ("redis+sentinel", "rediss+sentinel"):
             return _sentinel_connector(
                 parts.netloc, parts.path, parts.query, scheme, shown, secrets
@@ -365,7 +409,22 @@ def _sentinel_connector(
     def build() -> _Handle:
         return _sentinel_handle(sentinels, service, master_kwargs, sentinel_kwargs)
 
-    return Connector(build, url=shown, is_cluster=False, secrets=secrets)
+    def build_sync() -> _SyncHandle:
+        manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(sentinels), sentinel_kwargs=dict(sentinel_kwargs), **master_kwargs
+        )
+        client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+            service, redis_class=redis.Redis
+        )
+
+        def close() -> None:
+            client.close()
+            for node in manager.sentinels:
+                node.close()
+
+        return client, close
+
+    return Connector(build, url=shown, is_cluster=False, secrets=secrets, sync_factory=build_sync)
 
 
 def _sentinel_handle(
