@@ -172,6 +172,75 @@ async def test_a_flushed_script_cache_is_reloaded_on_every_lane_path(
     _lane(broker)
 
 
+async def test_a_large_batch_is_streamed_chunk_by_chunk_in_order(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # enqueue_many sends each chunk's script call as soon as it is built
+    # (Redis runs one while the next is packed): FIFO order and each item's
+    # result must survive the split.
+    await broker.enqueue(_message("t700"))  # already there: a conflict mid-batch
+    (first,) = await broker.dequeue(["q"], count=1, lease=LEASE)
+    await broker.done(first.ref)
+    lane = _lane(broker)
+    started: list[int] = []
+    real_start = lane.start
+
+    def start(*args: object) -> asyncio.Future[object] | None:
+        started.append(len(args))
+        return real_start(*args)
+
+    monkeypatch.setattr(lane, "start", start)
+    await broker.enqueue(_message("t700"))
+    messages = [_message(f"t{n}") for n in range(1050)]
+    results = await broker.enqueue_many([EnqueueRequest(m) for m in messages])
+    assert len(started) == 6  # 1,050 tasks in calls of at most 200
+    assert isinstance(results[700], taskq.TaskIDConflictError)
+    assert results[:700] + results[701:] == [taskq.TaskState.PENDING] * 1049
+    got = []
+    for _ in range(20):
+        got += await broker.dequeue(["q"], count=500, lease=LEASE)
+        if len(got) >= 1050:
+            break
+    expected = ["t700"] + [m.id for m in messages if m.id != "t700"]
+    assert [d.message.id for d in got] == expected
+
+
+async def test_a_batch_after_a_flushed_script_cache_keeps_its_order(
+    broker: RedisBroker, redis_server: RedisServer | ExternalRedis
+) -> None:
+    await broker.enqueue(_message("warm-up", "other"))
+    redis_server.call("SCRIPT", "FLUSH")
+    messages = [_message(f"t{n}") for n in range(450)]
+    results = await broker.enqueue_many([EnqueueRequest(m) for m in messages])
+    assert results == [taskq.TaskState.PENDING] * 450
+    got = await broker.dequeue(["q"], count=450, lease=LEASE)
+    assert [d.message.id for d in got] == [m.id for m in messages]
+
+
+async def test_a_connection_lost_while_streaming_a_batch_is_a_connection_error(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await broker.enqueue(_message("warm-up", "other"))
+    lane = _lane(broker)
+    real_start = lane.start
+    calls = 0
+
+    def start(*args: object) -> asyncio.Future[object] | None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            assert lane._shared is not None
+            lane._shared.close()  # the socket goes away after the first chunk was sent
+        return real_start(*args)
+
+    monkeypatch.setattr(lane, "start", start)
+    with pytest.raises(BrokerConnectionError):
+        await broker.enqueue_many([EnqueueRequest(_message(f"t{n}")) for n in range(450)])
+    monkeypatch.setattr(lane, "start", real_start)
+    results = await broker.enqueue_many([EnqueueRequest(_message(f"u{n}")) for n in range(450)])
+    assert results == [taskq.TaskState.PENDING] * 450
+
+
 async def test_close_closes_the_lane_sockets_and_ends_a_blocked_dequeue(
     redis_server_factory: RedisServerFactory,
 ) -> None:

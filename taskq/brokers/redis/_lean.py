@@ -334,6 +334,19 @@ class Lane:
         except _FAILURES as exc:
             return await self._retrying(exc, lambda: self._call_again(data))
 
+    def start(self, *args: Any) -> asyncio.Future[Any] | None:
+        """Write one command now on the live shared connection; the future of its reply.
+
+        For a caller that overlaps building its next command with the server
+        running this one. None when there is no live shared connection (use
+        :meth:`call`, which connects). Unlike :meth:`call` nothing is retried:
+        a lost connection fails the future with ConnectionError.
+        """
+        conn = self._shared
+        if conn is None or conn.closed or self._generation != _fork_generation:
+            return None
+        return conn.send(_pack((args,)))
+
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Run several commands in one round trip; replies in order, error replies in place.
 
