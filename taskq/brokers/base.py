@@ -32,6 +32,7 @@ Task states and the transitions (see DESIGN.md "Task life")::
     active --done--> (deleted)          active --complete--> completed --janitor--> (deleted)
     active --retry--> retry --forward--> pending
     active --archive--> archived        active --requeue--> pending (head, no retry spent)
+    archived --trim_archived (optional ArchiveTrimmer, janitor)--> (deleted)
     active (lease expired) --reclaim_expired--> active (new token) --> retry / archived
 """
 
@@ -48,6 +49,7 @@ from taskq.task import TaskInfo, TaskMessage, TaskState
 __all__ = [
     "Ack",
     "Admin",
+    "ArchiveTrimmer",
     "BlockingProducer",
     "Broker",
     "CancelSubscription",
@@ -795,6 +797,44 @@ class ConfigCheck(Protocol):
 
         Raises:
             BrokerError: the broker cannot be reached.
+        """
+        ...
+
+
+@runtime_checkable
+class ArchiveTrimmer(Protocol):
+    """Optional, not part of :class:`Broker`: a broker that can bound its archive.
+
+    Without it a queue whose tasks keep failing grows without limit. The
+    worker's janitor calls it on every pass when the broker implements it
+    (with ``Config.archive_max_size`` and ``Config.archive_max_age``); a
+    broker without it keeps every archived task until deleted by hand.
+    """
+
+    async def trim_archived(
+        self,
+        queue: str,
+        *,
+        max_size: int | None,
+        max_age: int | None,
+        limit: int = 1000,
+    ) -> int:
+        """Delete the oldest archived tasks of ``queue`` beyond the bounds; return how many.
+
+        A task goes when more than ``max_size`` archived tasks are newer than
+        or as new as it (the newest ``max_size`` are kept), or when it was
+        archived ``max_age`` ms ago or longer (``now - archived_at >= max_age``,
+        broker time). None turns a bound off. Oldest first, at most ``limit``
+        per call: call again until it returns less than ``limit``.
+
+        A trimmed task is gone as if deleted: its message, state, result, group
+        membership and unique-lock bookkeeping, and its unique lock if it still
+        owns one; its id can be used again. Tasks in other states and other
+        queues are untouched. An unknown queue trims nothing (and writes
+        nothing). Atomic per call.
+
+        Raises:
+            InvalidArgumentError: ``max_size`` or ``max_age`` is negative.
         """
         ...
 

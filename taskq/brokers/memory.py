@@ -220,6 +220,13 @@ def _live(table: dict[str, tuple[_T, int]], now: int) -> list[_T]:
     return [value for _, (value, _) in sorted(table.items())]
 
 
+def _check_trim_bounds(max_size: int | None, max_age: int | None) -> None:
+    if max_size is not None and max_size < 0:
+        raise InvalidArgumentError(f"max_size must not be negative, got {max_size}")
+    if max_age is not None and max_age < 0:
+        raise InvalidArgumentError(f"max_age must not be negative, got {max_age}")
+
+
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[_T], object], arg: _T) -> None:
     """Run ``fn(arg)`` on ``loop`` from any thread; nothing if that loop is closed."""
     with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to tell
@@ -761,6 +768,41 @@ class InMemoryBroker:
             for task_id in expired:
                 self._remove(q, q.tasks[task_id])
             return len(expired)
+
+    async def trim_archived(
+        self,
+        queue: str,
+        *,
+        max_size: int | None,
+        max_age: int | None,
+        limit: int = 1000,
+    ) -> int:
+        """Delete the oldest archived tasks beyond ``max_size`` or ``max_age`` ms; how many.
+
+        At most ``limit`` per call; each trimmed task goes with everything it
+        owns (its unique lock too, if it still holds it).
+
+        Raises:
+            InvalidArgumentError: ``max_size`` or ``max_age`` is negative.
+        """
+        _check_trim_bounds(max_size, max_age)
+        with self._lock:
+            q = self._queues.get(queue)
+            if q is None or limit <= 0:
+                return 0
+            # q.archived is in archive order, oldest first: both bounds cut a prefix.
+            count = 0
+            if max_size is not None:
+                count = min(max(len(q.archived) - max_size, 0), limit)
+            if max_age is not None:
+                cutoff = self._now() - max_age
+                for task_id in itertools.islice(q.archived, count, limit):
+                    if q.tasks[task_id].score > cutoff:
+                        break
+                    count += 1
+            for task_id in list(itertools.islice(q.archived, count)):
+                self._delete(q, q.tasks[task_id])
+            return count
 
     # ------------------------------------------------------------------ groups
 

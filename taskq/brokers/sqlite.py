@@ -863,6 +863,39 @@ class _Store:
 
         return self._write(op)
 
+    def trim_archived(
+        self, queue: str, max_size: int | None, max_age: int | None, limit: int
+    ) -> int:
+        def op(now: int) -> int:
+            # Archived rows are ordered by (pos = archive time, seq): both bounds
+            # cut a prefix of that order, so the longer prefix is what goes.
+            count = 0
+            if max_size is not None:
+                (total,) = self.conn.execute(
+                    "SELECT count(*) FROM tasks WHERE queue = ? AND state = 'archived'", (queue,)
+                ).fetchone()
+                count = min(max(total - max_size, 0), limit)
+            if max_age is not None and count < limit:
+                (old,) = self.conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE queue = ?"
+                    " AND state = 'archived' AND pos <= ? LIMIT ?)",
+                    (queue, now - max_age, limit),
+                ).fetchone()
+                count = max(count, old)
+            if count <= 0:
+                return 0
+            rows = self.conn.execute(
+                "SELECT seq, id, unique_key FROM tasks WHERE queue = ? AND state = 'archived'"
+                " ORDER BY pos, seq LIMIT ?",
+                (queue, count),
+            ).fetchall()
+            for seq, task_id, unique_key in rows:
+                self._release_lock(queue, unique_key, task_id)
+                self.conn.execute("DELETE FROM tasks WHERE seq = ?", (seq,))
+            return len(rows)
+
+        return self._write(op)
+
     # ------------------------------------------------------------ groups
 
     def groups(self, queue: str) -> list[GroupInfo]:
@@ -1972,6 +2005,31 @@ class SQLiteBroker:
     async def delete_expired_completed(self, queue: str, *, limit: int = 100) -> int:
         """Delete up to ``limit`` completed tasks whose retention has ended."""
         return await self._call(lambda s: s.delete_expired_completed(queue, limit))
+
+    async def trim_archived(
+        self,
+        queue: str,
+        *,
+        max_size: int | None,
+        max_age: int | None,
+        limit: int = 1000,
+    ) -> int:
+        """Delete the oldest archived tasks beyond ``max_size`` or ``max_age`` ms; how many.
+
+        At most ``limit`` per call, in one transaction; each trimmed task goes
+        with its row (message, result, group) and its unique lock if it still
+        holds it.
+
+        Raises:
+            InvalidArgumentError: ``max_size`` or ``max_age`` is negative.
+        """
+        if max_size is not None and max_size < 0:
+            raise InvalidArgumentError(f"max_size must not be negative, got {max_size}")
+        if max_age is not None and max_age < 0:
+            raise InvalidArgumentError(f"max_age must not be negative, got {max_age}")
+        if limit <= 0 or (max_size is None and max_age is None):
+            return 0
+        return await self._call(lambda s: s.trim_archived(queue, max_size, max_age, limit))
 
     # ------------------------------------------------------------ groups
 

@@ -84,6 +84,15 @@ def _opt_duration(value: object) -> timedelta | None:
     return None if value is None else _duration(value)
 
 
+def _archive_max_age(value: object) -> timedelta | None:
+    try:
+        return _opt_duration(value)
+    except InvalidDurationError as exc:
+        raise InvalidDurationError(
+            f"archive_max_age: {exc} (None keeps archived tasks forever)"
+        ) from None
+
+
 def _queues(value: object) -> dict[str, int]:
     if not isinstance(value, Mapping):
         raise InvalidArgumentError(
@@ -168,6 +177,14 @@ class Config:
             pending (default 50 ms: a task due at T starts within ~50 ms of T).
         janitor_interval: how often completed tasks past retention are deleted.
         janitor_batch_size: how many the janitor deletes per broker call.
+        archive_max_size: the janitor keeps at most this many archived tasks
+            per queue, deleting the oldest beyond it (default 10 000; 0 keeps
+            none; None: no size bound). Needs a broker that can trim its
+            archive (:class:`~taskq.brokers.base.ArchiveTrimmer`: memory,
+            SQLite and Redis do); with another broker it is not applied.
+        archive_max_age: the janitor deletes archived tasks this long after
+            they were archived (default 90 days; None: kept forever, unless
+            ``archive_max_size`` removes them).
         cancel_check_interval: how often the broker is asked about cancel
             requests for running tasks (a backstop for missed notifications).
         fetch_wait: how long one fetch waits in the broker for a task to arrive
@@ -220,6 +237,10 @@ class Config:
     )
     janitor_interval: timedelta = attrs.field(default=timedelta(seconds=8), converter=_duration)
     janitor_batch_size: int = 100
+    archive_max_size: int | None = 10_000
+    archive_max_age: timedelta | None = attrs.field(
+        default=timedelta(days=90), converter=_archive_max_age
+    )
     cancel_check_interval: timedelta = attrs.field(
         default=timedelta(milliseconds=500), converter=_duration
     )
@@ -278,6 +299,15 @@ class Config:
             raise InvalidArgumentError(
                 f"janitor_batch_size must be an int >= 1, got {self.janitor_batch_size!r}"
             )
+        if self.archive_max_size is not None and (
+            not isinstance(self.archive_max_size, int)
+            or isinstance(self.archive_max_size, bool)
+            or self.archive_max_size < 0
+        ):
+            raise InvalidArgumentError(
+                "archive_max_size must be an int >= 0, or None for no size bound, "
+                f"got {self.archive_max_size!r}"
+            )
         if not isinstance(self.no_retry_errors, tuple) or not all(
             isinstance(t, type) and issubclass(t, BaseException) for t in self.no_retry_errors
         ):
@@ -299,6 +329,11 @@ class Config:
     def lease_ms(self) -> int:
         """The lease length in ms."""
         return td_to_ms(self.lease)
+
+    @property
+    def archive_max_age_ms(self) -> int | None:
+        """``archive_max_age`` in ms (None: no age bound)."""
+        return None if self.archive_max_age is None else td_to_ms(self.archive_max_age)
 
     @property
     def effective_heartbeat_interval(self) -> timedelta:

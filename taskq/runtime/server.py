@@ -7,7 +7,7 @@ the components, each one small loop talking only to the Broker protocol:
 * the heartbeat (extends leases at ``lease / 3``, publishes server state),
 * the recoverer (expired leases -> retry or archive; at start-up too),
 * the forwarder (due scheduled and retry tasks -> pending),
-* the janitor (completed tasks past retention -> deleted),
+* the janitor (completed tasks past retention -> deleted, the archive trimmed),
 * cancellation (cancel requests -> running tasks cancelled),
 * the health check and the group aggregator, when configured.
 
@@ -385,6 +385,8 @@ class Server:
                 interval=config.janitor_interval,
                 batch_size=config.janitor_batch_size,
                 logger=log,
+                archive_max_size=config.archive_max_size,
+                archive_max_age=config.archive_max_age,
             ).run,
         ]
         if config.health_check is not None:

@@ -208,6 +208,69 @@ VARIANTS: dict[str, tuple[str, str]] = {
         """,
         "stale_lease",
     ),
+    "trims_the_newest_archived_tasks": (
+        """
+        class Variant(InMemoryBroker):
+            async def trim_archived(self, queue, *, max_size, max_age, limit=1000):
+                with self._lock:
+                    q = self._queues.get(queue)
+                    if q is None or max_size is None:
+                        return 0
+                    excess = min(max(len(q.archived) - max_size, 0), limit)
+                    newest = list(q.archived)[len(q.archived) - excess :]
+                    for task_id in newest:
+                        self._delete(q, q.tasks[task_id])
+                    return excess
+        """,
+        "trimming_by_size",
+    ),
+    "trims_the_archive_but_leaves_the_task_behind": (
+        """
+        class Variant(InMemoryBroker):
+            async def trim_archived(self, queue, **bounds):
+                # Out of the archive index, but the task itself stays stored.
+                self._delete = lambda q, entry: q.archived.pop(entry.msg.id)
+                try:
+                    return await super().trim_archived(queue, **bounds)
+                finally:
+                    del self._delete
+        """,
+        "trim",
+    ),
+    "trims_without_releasing_the_unique_lock": (
+        """
+        class Variant(InMemoryBroker):
+            async def trim_archived(self, queue, **bounds):
+                self._delete = self._remove
+                try:
+                    return await super().trim_archived(queue, **bounds)
+                finally:
+                    del self._delete
+        """,
+        "trimming_releases",
+    ),
+    "trims_past_the_limit": (
+        """
+        class Variant(InMemoryBroker):
+            async def trim_archived(self, queue, *, max_size, max_age, limit=1000):
+                return await super().trim_archived(
+                    queue, max_size=max_size, max_age=max_age, limit=limit + 1
+                )
+        """,
+        "at_most_limit",
+    ),
+    "trims_by_age_one_ms_early": (
+        """
+        class Variant(InMemoryBroker):
+            async def trim_archived(self, queue, *, max_size, max_age, limit=1000):
+                if max_age is not None:
+                    max_age = max(max_age - 1, 0)
+                return await super().trim_archived(
+                    queue, max_size=max_size, max_age=max_age, limit=limit
+                )
+        """,
+        "trimming_by_age",
+    ),
 }
 
 

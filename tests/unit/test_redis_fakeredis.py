@@ -533,3 +533,58 @@ def test_the_least_privilege_acl_allows_every_command_the_scripts_call() -> None
     for name, script in load_scripts().items():
         called = {c.lower() for c in re.findall(r"redis\.call\('(\w+)'", script.plain_source)}
         assert called <= allowed, f"{name} calls {called - allowed}"
+
+
+async def _entries_naming(fake: fakeredis.aioredis.FakeRedis, queue: str, word: bytes) -> list[str]:
+    """Every entry of every key of ``queue`` (field, value or member) that contains ``word``."""
+    found = []
+    for key in QueueKeys.for_queue(queue).all():
+        kind = (await fake.type(key)).decode()
+        items: list[bytes] = []
+        if kind == "hash":
+            for field, value in (await fake.hgetall(key)).items():
+                items += [field, value]
+        elif kind == "zset":
+            items = await fake.zrange(key, 0, -1)
+        elif kind == "set":
+            items = list(await fake.smembers(key))
+        elif kind == "list":
+            items = await fake.lrange(key, 0, -1)
+        elif kind == "string":
+            items = [await fake.get(key)]
+        found += [f"{key}: {item!r}" for item in items if word in item]
+    return found
+
+
+async def test_trimming_the_archive_leaves_no_entry_of_a_trimmed_task_in_any_key(
+    broker: RedisBroker, fake: fakeredis.aioredis.FakeRedis
+) -> None:
+    # A worker-archived task that kept its lock and wrote a result, one that
+    # released its lock, one archived from its group and one from scheduled.
+    await broker.enqueue(_message("gone-1", unique_key="lock-1"), unique_ttl=60_000)
+    (delivery,) = await broker.dequeue(["q"], count=1, lease=1000)
+    await broker.write_result(delivery.ref, b"partial")
+    await broker.archive(delivery.ref, error="e", release_unique=False)
+    await broker.enqueue(_message("gone-2", unique_key="lock-2"), unique_ttl=60_000)
+    (delivery,) = await broker.dequeue(["q"], count=1, lease=1000)
+    await broker.archive(delivery.ref, error="e")
+    await broker.add_to_group(_message("gone-3", group="grp"), unique_ttl=60_000)
+    await broker.archive_task("q", "gone-3")
+    await broker.schedule(_message("gone-4", unique_key="lock-4"), 10**13, unique_ttl=60_000)
+    await broker.archive_task("q", "gone-4")
+    await broker.enqueue(_message("kept", unique_key="lock-k"), unique_ttl=60_000)
+    assert await _entries_naming(fake, "q", b"gone-")
+    assert await broker.trim_archived("q", max_size=0, max_age=None, limit=3) == 3
+    assert await broker.trim_archived("q", max_size=0, max_age=None, limit=3) == 1
+    assert await _entries_naming(fake, "q", b"gone-") == []
+    locks = await _entries_naming(fake, "q", b"lock-")
+    assert locks and all("lock-k" in entry for entry in locks)
+    assert await _entries_naming(fake, "q", b"kept")
+    assert await fake.exists(QueueKeys.for_queue("q").archived) == 0
+
+
+async def test_trimming_an_unknown_queue_writes_nothing(
+    broker: RedisBroker, fake: fakeredis.aioredis.FakeRedis
+) -> None:
+    assert await broker.trim_archived("nope", max_size=0, max_age=0) == 0
+    assert await fake.keys("*") == []

@@ -888,6 +888,36 @@ class RedisBroker:
             await self._run("delete_expired_completed", keys, self._now_arg(), max(limit, 0))
         )
 
+    async def trim_archived(
+        self,
+        queue: str,
+        *,
+        max_size: int | None,
+        max_age: int | None,
+        limit: int = 1000,
+    ) -> int:
+        """Delete the oldest archived tasks beyond ``max_size`` or ``max_age`` ms; how many.
+
+        At most ``limit`` per call, in one script; each trimmed task goes with
+        every hash entry it has (message, state, result, group, unique-lock
+        bookkeeping) and its unique lock if it still holds it.
+
+        Raises:
+            InvalidArgumentError: ``max_size`` or ``max_age`` is negative.
+        """
+        if max_size is not None and max_size < 0:
+            raise InvalidArgumentError(f"max_size must not be negative, got {max_size}")
+        if max_age is not None and max_age < 0:
+            raise InvalidArgumentError(f"max_age must not be negative, got {max_age}")
+        if limit <= 0 or (max_size is None and max_age is None):
+            return 0
+        keys = self._keys_for("trim_archived", queue)
+        size_arg = "" if max_size is None else max_size
+        age_arg = "" if max_age is None else max_age
+        return int(
+            await self._run("trim_archived", keys, self._now_arg(), size_arg, age_arg, limit)
+        )
+
     # ------------------------------------------------------------------ groups
 
     async def groups(self, queue: str) -> list[GroupInfo]:

@@ -16,12 +16,15 @@ an empty broker built on the suite's clock::
 Each area is also a mixin of its own (``ProduceConformance``, ...), so a
 broker still under construction can run one part at a time. Optional hooks a
 subclass may override: ``corrupt_drop_lease`` (see :class:`ConformanceBase`).
+Tests of an optional capability (``ArchiveConformance`` for
+:class:`~taskq.brokers.base.ArchiveTrimmer`) skip brokers without it.
 The suite needs pytest-asyncio with ``asyncio_mode = "auto"``.
 """
 
 from __future__ import annotations
 
 from taskq.testing.conformance._support import ConformanceBase, CorruptDropLease
+from taskq.testing.conformance.archive import ArchiveConformance
 from taskq.testing.conformance.cancellation import CancellationConformance
 from taskq.testing.conformance.concurrency import ConcurrencyConformance
 from taskq.testing.conformance.consume import ConsumeConformance
@@ -34,6 +37,7 @@ from taskq.testing.conformance.produce import ProduceConformance
 from taskq.testing.conformance.timekeeping import TimeConformance
 
 __all__ = [
+    "ArchiveConformance",
     "BrokerConformance",
     "CancellationConformance",
     "ConcurrencyConformance",
@@ -61,5 +65,6 @@ class BrokerConformance(
     InspectionConformance,
     ConcurrencyConformance,
     InvariantConformance,
+    ArchiveConformance,
 ):
     """Every conformance test. Subclass it and define the ``broker`` fixture."""
