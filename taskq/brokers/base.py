@@ -44,6 +44,7 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
+from taskq.errors import InvalidArgumentError
 from taskq.task import TaskInfo, TaskMessage, TaskState
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "ServerInfo",
     "Timekeeper",
     "WorkerInfo",
+    "trim_wanted",
 ]
 
 
@@ -799,6 +801,21 @@ class ConfigCheck(Protocol):
             BrokerError: the broker cannot be reached.
         """
         ...
+
+
+def trim_wanted(max_size: int | None, max_age: int | None, limit: int) -> bool:
+    """Check :meth:`ArchiveTrimmer.trim_archived`'s bounds; whether a call has anything to do.
+
+    Shared by the built-in brokers, for third-party ones too.
+
+    Raises:
+        InvalidArgumentError: ``max_size`` or ``max_age`` is negative.
+    """
+    if max_size is not None and max_size < 0:
+        raise InvalidArgumentError(f"max_size must not be negative, got {max_size}")
+    if max_age is not None and max_age < 0:
+        raise InvalidArgumentError(f"max_age must not be negative, got {max_age}")
+    return limit > 0 and (max_size is not None or max_age is not None)
 
 
 @runtime_checkable

@@ -41,6 +41,7 @@ from taskq.brokers.base import (
     SchedulerEntryInfo,
     SchedulerEvent,
     ServerInfo,
+    trim_wanted,
 )
 from taskq.errors import (
     DuplicateTaskError,
@@ -218,13 +219,6 @@ def _live(table: dict[str, tuple[_T, int]], now: int) -> list[_T]:
     for key in [k for k, (_, expires) in table.items() if expires <= now]:
         del table[key]
     return [value for _, (value, _) in sorted(table.items())]
-
-
-def _check_trim_bounds(max_size: int | None, max_age: int | None) -> None:
-    if max_size is not None and max_size < 0:
-        raise InvalidArgumentError(f"max_size must not be negative, got {max_size}")
-    if max_age is not None and max_age < 0:
-        raise InvalidArgumentError(f"max_age must not be negative, got {max_age}")
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[_T], object], arg: _T) -> None:
@@ -785,10 +779,11 @@ class InMemoryBroker:
         Raises:
             InvalidArgumentError: ``max_size`` or ``max_age`` is negative.
         """
-        _check_trim_bounds(max_size, max_age)
+        if not trim_wanted(max_size, max_age, limit):
+            return 0
         with self._lock:
             q = self._queues.get(queue)
-            if q is None or limit <= 0:
+            if q is None:
                 return 0
             # q.archived is in archive order, oldest first: both bounds cut a prefix.
             count = 0

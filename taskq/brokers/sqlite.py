@@ -78,6 +78,7 @@ from taskq.brokers.base import (
     SchedulerEntryInfo,
     SchedulerEvent,
     ServerInfo,
+    trim_wanted,
 )
 from taskq.errors import (
     BrokerConnectionError,
@@ -2023,11 +2024,7 @@ class SQLiteBroker:
         Raises:
             InvalidArgumentError: ``max_size`` or ``max_age`` is negative.
         """
-        if max_size is not None and max_size < 0:
-            raise InvalidArgumentError(f"max_size must not be negative, got {max_size}")
-        if max_age is not None and max_age < 0:
-            raise InvalidArgumentError(f"max_age must not be negative, got {max_age}")
-        if limit <= 0 or (max_size is None and max_age is None):
+        if not trim_wanted(max_size, max_age, limit):
             return 0
         return await self._call(lambda s: s.trim_archived(queue, max_size, max_age, limit))
 

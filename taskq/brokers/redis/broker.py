@@ -43,6 +43,7 @@ from taskq.brokers.base import (
     SchedulerEntryInfo,
     SchedulerEvent,
     ServerInfo,
+    trim_wanted,
 )
 from taskq.brokers.redis._lean import AnyLane, Lane
 from taskq.brokers.redis.checks import maxmemory_findings, read_maxmemory_policy
@@ -905,11 +906,7 @@ class RedisBroker:
         Raises:
             InvalidArgumentError: ``max_size`` or ``max_age`` is negative.
         """
-        if max_size is not None and max_size < 0:
-            raise InvalidArgumentError(f"max_size must not be negative, got {max_size}")
-        if max_age is not None and max_age < 0:
-            raise InvalidArgumentError(f"max_age must not be negative, got {max_age}")
-        if limit <= 0 or (max_size is None and max_age is None):
+        if not trim_wanted(max_size, max_age, limit):
             return 0
         keys = self._keys_for("trim_archived", queue)
         size_arg = "" if max_size is None else max_size
