@@ -174,15 +174,17 @@ def test_per_queue_limits_apply_to_their_queue_only(
 
 _DYING_SERVER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from datetime import timedelta
     import taskq
 
     url, marker = sys.argv[1], sys.argv[2]
 
     def aggregate_then_hang(group, tasks):
-        with open(marker, "w") as f:
+        # Written aside and renamed, so the test never reads a half-written marker.
+        with open(marker + ".tmp", "w") as f:
             f.write(str(len(tasks)))
+        os.replace(marker + ".tmp", marker)
         time.sleep(3600)  # killed here: after reading the set, before finishing it
 
     config = taskq.Config(
