@@ -43,10 +43,15 @@ class Ledger:
     ack_times: list[float] = attrs.field(factory=list)
     errors: list[str] = attrs.field(factory=list)
 
-    def longest_gap(self, start: float, end: float) -> float:
-        """The longest time without a successful operation within [start, end]."""
-        times = sorted(t for t in self.successes if start <= t <= end)
-        points = [start, *times, end]
+    def longest_gap(self, start: float, end: float, times: list[float] | None = None) -> float:
+        """The longest time without a successful operation within [start, end].
+
+        ``times``: which successes count (default: every operation's).
+        """
+        within = sorted(
+            t for t in (self.successes if times is None else times) if start <= t <= end
+        )
+        points = [start, *within, end]
         return max(b - a for a, b in itertools.pairwise(points))
 
 
