@@ -497,11 +497,13 @@ def test_close_closes_the_sync_connections_and_the_broker_stays_usable(
     assert isinstance(broker, RedisBroker)
     client.enqueue(Task("t", b""))
     sync = broker._connector.sync_client()
-    assert sync is not None
-    connections = list(sync.connection_pool._available_connections)  # type: ignore[attr-defined]
-    assert [c._sock is not None for c in connections] == [True]
+    lane = broker._connector.sync_lane()
+    assert sync is not None and lane is not None
+    connections = list(lane._idle)
+    assert [c.closed for c in connections] == [False]
     client.close()
-    assert [c._sock is not None for c in connections] == [False]
+    assert [c.closed for c in connections] == [True]
     assert client.enqueue(Task("t", b"")).state is TaskState.PENDING
     assert broker._connector.sync_client() is not sync
+    assert broker._connector.sync_lane() is not lane
     client.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import uuid
@@ -102,6 +103,16 @@ _SUBSCRIBE_TIMEOUT = 5.0
 _PROBE = "#!lua flags=no-writes\nreturn 1"
 
 _DRIVER_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+
+
+def _driver_pipeline(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Several commands in one redis-py pipeline on a sync client; error replies in place."""
+    pipe = client.pipeline(transaction=False)
+    queue_command: Callable[..., Any] = pipe.execute_command
+    for command in commands:
+        queue_command(*command)
+    results: list[Any] = pipe.execute(raise_on_error=False)
+    return results
 
 
 def _lease_lost(ref: LeaseRef) -> LeaseLostError:
@@ -449,12 +460,14 @@ class RedisBroker:
     def enqueue_blocking(
         self, requests: Sequence[EnqueueRequest]
     ) -> list[TaskState | Exception] | None:
-        """:meth:`enqueue_many` from any thread, on a sync redis-py client (no event loop).
+        """:meth:`enqueue_many` from any thread, on a sync connection (no event loop).
 
         The same script calls, queue registration, clock and errors as
         :meth:`enqueue_many`. The sync client is made on first use from the
         broker's URL (standalone or Sentinel); its pool is thread-safe and
-        starts afresh in a forked child.
+        starts afresh in a forked child. With hiredis installed the calls go
+        through the blocking lean lane (:mod:`taskq.brokers.redis._lean_sync`)
+        on sockets that pool made.
 
         Returns:
             per item the state or the refusal; None (nothing sent) when the
@@ -464,20 +477,26 @@ class RedisBroker:
         Raises:
             BrokerError: Redis failed (translated driver error).
         """
-        client = self._connector.sync_client()
-        if client is None:
-            return None
+        lane = self._connector.sync_lane()
+        if lane is not None:
+            command: Callable[..., Any] = lane.call
+            pipeline: Callable[[list[tuple[Any, ...]]], list[Any]] = lane.pipeline
+        else:
+            client = self._connector.sync_client()
+            if client is None:
+                return None
+            command = client.execute_command  # untyped in redis-py
+            pipeline = functools.partial(_driver_pipeline, client)
         items = [(r.message, r.process_at, r.unique_ttl) for r in requests]
         chunks, calls = self._enqueue_calls(items)
         if not calls:
             return []
         try:
-            replies = self._run_many_blocking(client, calls)
+            replies = self._run_many_blocking(command, pipeline, calls)
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, "enqueue") from exc
         results, registered = self._enqueue_results(items, chunks, replies)
         if registered:
-            command: Callable[..., Any] = client.execute_command
             try:
                 command("SADD", self._fleet.queues, *registered)
             except _DRIVER_ERRORS as exc:
@@ -486,11 +505,15 @@ class RedisBroker:
 
     def _run_many_blocking(
         self,
-        client: redis.Redis,
+        command: Callable[..., Any],
+        pipeline: Callable[[list[tuple[Any, ...]]], list[Any]],
         calls: Sequence[tuple[str, Sequence[str | bytes], Sequence[Any]]],
     ) -> list[Any]:
-        """:meth:`_run_many` on a sync client: EVALSHA (pipelined), EVAL after a NOSCRIPT."""
-        command: Callable[..., Any] = client.execute_command  # untyped in redis-py
+        """:meth:`_run_many` in blocking form: EVALSHA (pipelined), EVAL after a NOSCRIPT.
+
+        ``command`` runs one command and raises error replies; ``pipeline``
+        runs several in one round trip with error replies in place.
+        """
         shebang = self._shebang
         if shebang is None:
             try:
@@ -506,13 +529,12 @@ class RedisBroker:
                 return [command("EVALSHA", sha, len(keys), *keys, *args)]
             except redis.exceptions.NoScriptError:
                 return [command("EVAL", source, len(keys), *keys, *args)]
-        pipe = client.pipeline(transaction=False)
-        queue_command: Callable[..., Any] = pipe.execute_command
-        for name, keys, args in calls:
-            queue_command(
-                "EVALSHA", self._scripts[name].variant(shebang)[0], len(keys), *keys, *args
-            )
-        results: list[Any] = pipe.execute(raise_on_error=False)
+        results = pipeline(
+            [
+                ("EVALSHA", self._scripts[name].variant(shebang)[0], len(keys), *keys, *args)
+                for name, keys, args in calls
+            ]
+        )
         for i, result in enumerate(results):
             if isinstance(result, redis.exceptions.NoScriptError):
                 name, keys, args = calls[i]

@@ -19,7 +19,9 @@ Beside the per-loop clients, a connector built from a standalone or Sentinel
 URL keeps one *sync* ``redis.Redis`` (:meth:`Connector.sync_client`), made on
 first use from the same settings: the broker's blocking enqueue runs on it
 from any thread (its pool is thread-safe and resets itself in a forked
-child). Cluster URLs and user-supplied clients have none.
+child), through the blocking lean lane of :mod:`taskq.brokers.redis._lean_sync`
+when it can serve the client (:meth:`Connector.sync_lane`). Cluster URLs and
+user-supplied clients have none.
 
 Driver errors become taskq errors here (:func:`translate_error`); messages
 never contain a password.
@@ -48,6 +50,7 @@ import redis.exceptions
 import redis.sentinel
 
 from taskq.brokers.redis._lean import AnyLane, DriverLane, Lane
+from taskq.brokers.redis._lean_sync import SyncLane
 from taskq.brokers.registry import redact_url
 from taskq.errors import (
     BrokerAuthError,
@@ -169,6 +172,8 @@ class Connector:
         self._factory = factory
         self._sync_factory = sync_factory
         self._sync: _SyncHandle | None = None
+        self._sync_lane: SyncLane | None = None
+        self._sync_lane_tried = False
         self.url = url
         self.is_cluster = is_cluster
         self.secrets = tuple(s for s in secrets if s)
@@ -249,6 +254,22 @@ class Connector:
                     handle = self._sync = self._sync_factory()
         return handle[0]
 
+    def sync_lane(self) -> SyncLane | None:
+        """The blocking lean lane over :meth:`sync_client`'s pool (made on first use).
+
+        None when there is no sync client or the lane cannot serve it (no
+        hiredis, a user-supplied client): blocking calls then go through
+        the sync client itself.
+        """
+        if self._sync_lane_tried:
+            return self._sync_lane
+        client = self.sync_client()
+        with self._lock:
+            if not self._sync_lane_tried:
+                self._sync_lane = None if client is None else SyncLane.for_client(client)
+                self._sync_lane_tried = True
+            return self._sync_lane
+
     async def aclose(self) -> None:
         """Close every client (and lane) this connector created. Idempotent.
 
@@ -262,6 +283,10 @@ class Connector:
             self._clients.clear()
             self._last = None
             sync, self._sync = self._sync, None
+            sync_lane, self._sync_lane = self._sync_lane, None
+            self._sync_lane_tried = False
+        if sync_lane is not None:
+            sync_lane.close()
         if sync is not None:
             with contextlib.suppress(Exception):
                 sync[1]()
