@@ -1,5 +1,11 @@
-"""taskq on any broker URL: ``AsyncClient.enqueue`` / ``enqueue_many``; one ``taskq.Server`` per
+"""taskq on any broker URL: ``Client.enqueue`` (or ``AsyncClient.enqueue`` with
+``BENCH_TASKQ_CLIENT=async``) / ``AsyncClient.enqueue_many``; one ``taskq.Server`` per
 worker process (for ``memory://``, the server runs inside the producer's process).
+
+Single enqueues go through the sync :class:`taskq.Client` by default: it is taskq's
+faster client for one call at a time (no event loop between the caller and the
+socket), as Huey, RQ, Celery and Dramatiq are sync. Both clients share the one
+broker object, so a ``memory://`` worker sees what either enqueues.
 
 Run by ``python -m benchmarks.run`` with the project's own interpreter.
 """
@@ -18,6 +24,7 @@ import _workload
 import taskq
 
 CONCURRENCY = int(os.environ.get("BENCH_TASKQ_CONCURRENCY", "1000"))
+CLIENT = os.environ.get("BENCH_TASKQ_CLIENT", "sync")
 BATCH = 1000
 TASK_TYPE = "noop"
 
@@ -55,7 +62,8 @@ class Taskq:
     version = _version()
     worker_config = (
         f"taskq.Server, concurrency={CONCURRENCY} (async handler on the server's loop), "
-        "default lease 30 s, blocking batch dequeue, batched acks"
+        "default lease 30 s, blocking batch dequeue, batched acks; single enqueues through "
+        + ("the sync taskq.Client" if CLIENT == "sync" else "taskq.AsyncClient")
     )
     in_process = False
 
@@ -64,11 +72,17 @@ class Taskq:
         self.in_process = url.startswith("memory:")
         self.broker = taskq.connect(url)
         self.client = taskq.AsyncClient(self.broker)
+        self.sync_client = taskq.Client(self.broker)
+        if CLIENT == "async":
+            self.enqueue = self.enqueue_async  # type: ignore[method-assign]
 
     async def close(self) -> None:
         await self.broker.close()
 
-    async def enqueue(self, sent: float) -> None:
+    def enqueue(self, sent: float) -> None:
+        self.sync_client.enqueue(taskq.Task(TASK_TYPE, repr(sent).encode()))
+
+    async def enqueue_async(self, sent: float) -> None:
         await self.client.enqueue(taskq.Task(TASK_TYPE, repr(sent).encode()))
 
     async def enqueue_batch(self, n: int) -> None:

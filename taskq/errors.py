@@ -95,7 +95,12 @@ class BrokerError(TaskqError):
 
 
 class BrokerConnectionError(BrokerError):
-    """The broker cannot be reached, or the connection dropped."""
+    """The broker cannot be reached, the connection dropped, or it refuses writes for now.
+
+    The last case is Redis replying NOREPLICAS (``min-replicas-to-write`` not
+    met, as while a failover fences the old master) or MASTERDOWN: like a
+    dropped connection, it passes, and a retry is the caller's move.
+    """
 
 
 class BrokerAuthError(BrokerConnectionError):

@@ -401,6 +401,14 @@ def _errors() -> list[tuple[BaseException, type[BrokerError]]]:
         (redis.exceptions.ReadOnlyError("READONLY You can't write"), BrokerConnectionError),
         (redis.exceptions.BusyLoadingError("LOADING"), BrokerConnectionError),
         (OSError("Network is unreachable"), BrokerConnectionError),
+        (
+            redis.exceptions.ResponseError("NOREPLICAS Not enough good replicas to write."),
+            BrokerConnectionError,
+        ),
+        (
+            redis.exceptions.ResponseError("MASTERDOWN Link with MASTER is down"),
+            BrokerConnectionError,
+        ),
         (redis.exceptions.ResponseError("ERR something else"), BrokerError),
     ]
 

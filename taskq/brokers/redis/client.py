@@ -78,6 +78,10 @@ _SyncHandle = tuple[redis.Redis, Callable[[], None]]
 _SyncFactory = Callable[[], _SyncHandle]
 
 _AUTH_MARKERS = ("WRONGPASS", "NOAUTH", "NOPERM", "invalid password", "invalid username")
+# Error replies of a server that refuses writes for now and will take them again
+# (min-replicas-to-write not met, e.g. while a failover fences the old master;
+# a replica cut off from its master): to callers, like a dropped connection.
+_UNAVAILABLE_PREFIXES = ("NOREPLICAS", "MASTERDOWN")
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.BusyLoadingError,
@@ -122,7 +126,7 @@ def translate_error(exc: BaseException, where: str, secrets: Sequence[str] = ())
         return BrokerTimeoutError(message)
     if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
         return BrokerOutOfMemoryError(message)
-    if isinstance(exc, _CONNECTION_ERRORS):
+    if isinstance(exc, _CONNECTION_ERRORS) or text.startswith(_UNAVAILABLE_PREFIXES):
         return BrokerConnectionError(message)
     return BrokerError(message)
 
