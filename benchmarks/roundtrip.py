@@ -16,7 +16,9 @@ call at a time from one process:
   which takes the lean lane of ``taskq.brokers.redis._lean`` when hiredis is
   installed);
 * the whole ``AsyncClient.enqueue``, and the whole sync ``Client.enqueue``
-  (called from a plain thread, as a Flask or Django view would).
+  (called from a plain thread, as a Flask or Django view would), with PING and
+  the enqueue script on the sync Client's own blocking lane
+  (``taskq.brokers.redis._lean_sync``) beside it.
 
 The difference between the first two EVALSHA rows is what ``redis.asyncio``
 adds per call, between the bare and the broker rows what the lean lane adds;
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import shutil
 import sys
 import tempfile
@@ -157,6 +160,18 @@ async def measure(url: str, port: int, n: int) -> dict[str, float]:
     sync.close()
     sync_client = taskq.Client(url)
     task = taskq.Task("noop", b"0.0")
+    sync_client.enqueue(task)
+    sync_lane = sync_client.broker._connector.sync_lane()  # type: ignore[attr-defined]
+    if sync_lane is not None:
+        ids = itertools.count(3 * n + 3000)
+        out["PING, taskq SyncLane (raw socket + hiredis)"] = await asyncio.to_thread(
+            _warm_sync_rate, n, lambda: sync_lane.call("PING")
+        )
+        out["taskq enqueue script, SyncLane EVALSHA"] = await asyncio.to_thread(
+            _warm_sync_rate,
+            n,
+            lambda: sync_lane.call("EVALSHA", sha, len(keys), *keys, *with_id(next(ids))),
+        )
     sync_rate = await asyncio.to_thread(_warm_sync_rate, n, lambda: sync_client.enqueue(task))
     out["taskq Client.enqueue (sync, whole path)"] = sync_rate
     await asyncio.to_thread(sync_client.close)

@@ -9,6 +9,7 @@ import redis.asyncio
 
 from taskq.brokers.redis import RedisBroker, _lean
 from taskq.brokers.redis._lean import DriverLane, Lane
+from taskq.brokers.redis._lean_sync import SyncLane
 
 pytestmark = pytest.mark.skipif(not _lean.HAVE_HIREDIS, reason="the lean lane needs hiredis")
 
@@ -52,3 +53,45 @@ async def test_a_fakeredis_broker_runs_its_scripts_through_redis_py() -> None:
     await broker.ping()
     assert isinstance(broker._connector.lane(), DriverLane)
     await broker.close()
+
+
+# -- the blocking lane of the sync Client (taskq.brokers.redis._lean_sync)
+
+
+class _MyRedis(redis.Redis):
+    """A user's subclass: its methods may be overridden, so the lane leaves it alone."""
+
+
+def test_a_plain_sync_client_gets_the_blocking_lane() -> None:
+    for url in ("redis://127.0.0.1:1/0", "unix:///nowhere.sock?db=1"):
+        client = redis.Redis.from_url(url)
+        assert isinstance(SyncLane.for_client(client), SyncLane)
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: fakeredis.FakeRedis(server=fakeredis.FakeServer()),
+        lambda: redis.Redis(host="127.0.0.1", port=1, protocol=3),
+        lambda: _MyRedis(host="127.0.0.1", port=1),
+    ],
+    ids=["fakeredis", "resp3", "subclass"],
+)
+def test_other_sync_clients_keep_redis_py(make: object) -> None:
+    assert callable(make)
+    client = make()
+    assert SyncLane.for_client(client) is None
+    client.close()
+
+
+def test_without_hiredis_the_sync_client_keeps_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_lean, "HAVE_HIREDIS", False)
+    connector = RedisBroker.from_url("redis://127.0.0.1:1/0")._connector
+    assert connector.sync_client() is not None
+    assert connector.sync_lane() is None
+
+
+def test_a_broker_on_a_user_client_has_no_blocking_lane() -> None:
+    broker = RedisBroker(fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer()))
+    assert broker._connector.sync_lane() is None
