@@ -6,9 +6,11 @@ import fakeredis
 import fakeredis.aioredis
 import pytest
 import redis.asyncio
+from redis.backoff import ConstantBackoff, NoBackoff
+from redis.retry import Retry
 
 from taskq.brokers.redis import RedisBroker, _lean
-from taskq.brokers.redis._lean import DriverLane, Lane
+from taskq.brokers.redis._lean import DriverLane, Lane, RetryPolicy
 from taskq.brokers.redis._lean_sync import SyncLane
 
 pytestmark = pytest.mark.skipif(not _lean.HAVE_HIREDIS, reason="the lean lane needs hiredis")
@@ -95,3 +97,16 @@ def test_without_hiredis_the_sync_client_keeps_redis_py(monkeypatch: pytest.Monk
 def test_a_broker_on_a_user_client_has_no_blocking_lane() -> None:
     broker = RedisBroker(fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer()))
     assert broker._connector.sync_lane() is None
+
+
+# -- the retry policy both lanes apply (redis-py's Retry object, read per failed call)
+
+
+def test_the_retry_policy_follows_redis_py_retry_counts_error_types_and_backoff() -> None:
+    lost = redis.exceptions.ConnectionError("lost")
+    twice = RetryPolicy(Retry(ConstantBackoff(0.25), 2))
+    assert [twice.next_delay(lost) for _ in range(3)] == [0.25, 0.25, None]
+    assert RetryPolicy(Retry(NoBackoff(), 3)).next_delay(ValueError("no")) is None
+    forever = RetryPolicy(Retry(NoBackoff(), -1))
+    assert [forever.next_delay(lost) for _ in range(50)] == [0.0] * 50
+    assert RetryPolicy(None).next_delay(lost) is None  # no policy: no retry

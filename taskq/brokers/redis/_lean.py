@@ -69,7 +69,7 @@ except ImportError:  # pragma: no cover - older or newer redis-py layouts
         return redis.exceptions.ResponseError(text)
 
 
-__all__ = ["HAVE_HIREDIS", "AnyLane", "DriverLane", "Lane"]
+__all__ = ["HAVE_HIREDIS", "AnyLane", "DriverLane", "Lane", "RetryPolicy"]
 
 T = TypeVar("T")
 Command = tuple[Any, ...]
@@ -483,28 +483,45 @@ class Lane:
 
     async def _retrying(self, error: Exception, again: Callable[[], Awaitable[T]]) -> T:
         """Retry a failed call as the connection's redis-py ``Retry`` policy says."""
-        retry = self._retry
-        retries: int = getattr(retry, "_retries", 0)
-        supported: tuple[type[Exception], ...] = getattr(retry, "_supported_errors", ())
-        backoff = getattr(retry, "_backoff", None)
-        if backoff is not None:
-            backoff.reset()
-        failures = 1
+        policy = RetryPolicy(self._retry)
         while True:
-            if (
-                self._closed
-                or not isinstance(error, supported)
-                or (retries >= 0 and failures > retries)
-            ):
+            delay = policy.next_delay(error)
+            if delay is None or self._closed:
                 raise error
-            delay = backoff.compute(failures) if backoff is not None else 0
             if delay > 0:
                 await asyncio.sleep(delay)
             try:
                 return await again()
             except _FAILURES as exc:
                 error = exc
-                failures += 1
+
+
+class RetryPolicy:
+    """A redis-py ``Retry`` object read for one failed call: whether and when to try again.
+
+    The lanes apply the policy of the connections redis-py made for them, as
+    redis-py would: only for the error types it supports, at most ``retries``
+    times (a negative count: without limit), waiting its backoff between tries.
+    """
+
+    def __init__(self, retry: object) -> None:
+        self._retries: int = getattr(retry, "_retries", 0)
+        self._supported: tuple[type[Exception], ...] = getattr(retry, "_supported_errors", ())
+        self._backoff: Any = getattr(retry, "_backoff", None)
+        if self._backoff is not None:
+            self._backoff.reset()
+        self._failures = 0
+
+    def next_delay(self, error: Exception) -> float | None:
+        """Seconds to wait before the next try after ``error``; None to give up."""
+        self._failures += 1
+        if not isinstance(error, self._supported) or (
+            self._retries >= 0 and self._failures > self._retries
+        ):
+            return None
+        if self._backoff is None:
+            return 0.0
+        return float(self._backoff.compute(self._failures))
 
 
 AnyLane = Lane | DriverLane

@@ -244,25 +244,14 @@ class SyncLane:
 
     def _retrying(self, error: Exception, again: Callable[[], T]) -> T:
         """Retry a failed call as the connection's redis-py ``Retry`` policy says."""
-        retry = self._retry
-        retries: int = getattr(retry, "_retries", 0)
-        supported: tuple[type[Exception], ...] = getattr(retry, "_supported_errors", ())
-        backoff = getattr(retry, "_backoff", None)
-        if backoff is not None:
-            backoff.reset()
-        failures = 1
+        policy = _lean.RetryPolicy(self._retry)
         while True:
-            if (
-                self._closed
-                or not isinstance(error, supported)
-                or (retries >= 0 and failures > retries)
-            ):
+            delay = policy.next_delay(error)
+            if delay is None or self._closed:
                 raise error
-            delay = backoff.compute(failures) if backoff is not None else 0
             if delay > 0:
                 time.sleep(delay)
             try:
                 return again()
             except _FAILURES as exc:
                 error = exc
-                failures += 1
