@@ -151,7 +151,7 @@ def run_web(args: argparse.Namespace) -> int:
         )
     allowed: list[str] | None = list(args.allowed_host) or None
     if auth is None:
-        allowed = [*LOOPBACK_NAMES, *args.allowed_host]
+        allowed = [*LOOPBACK_NAMES, args.host, *args.allowed_host]
     if args.root_path and (not args.root_path.startswith("/") or args.root_path.endswith("/")):
         raise CliError("--root-path must start with '/' and not end with one", EXIT_USAGE)
     url = broker_url(args)
@@ -172,9 +172,9 @@ def run_web(args: argparse.Namespace) -> int:
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     mode = ", read-only" if args.read_only else ""
     login = f", login as {auth.username!r}" if auth else ", no login"
+    proxied = f" (links under {args.root_path}/ for the proxy)" if args.root_path else ""
     print(
-        f"taskq web: {redact_url(url)} at http://{shown_host}:{args.port}{args.root_path}/"
-        f"{mode}{login}",
+        f"taskq web: {redact_url(url)} at http://{shown_host}:{args.port}/{proxied}{mode}{login}",
         flush=True,
     )
     logging.getLogger("taskq.web").setLevel(args.log_level.upper())  # changes are audited

@@ -899,6 +899,17 @@ def test_root_path_prefixes_links_behind_a_stripping_proxy(broker: InMemoryBroke
         assert c.get("/queue", params={"queue": "q"}).status_code == 200
 
 
+def test_a_servers_root_path_prefixes_links_as_with_uvicorn_root_path(
+    broker: InMemoryBroker,
+) -> None:
+    with TestClient(create_app(broker), root_path="/taskq") as c:
+        page = c.get("/")
+        assert page.status_code == 200
+        assert 'href="/taskq/queue?queue=q"' in page.text
+        response = post(c, "/actions/queue", "/taskq", queue="q", action="pause")
+        assert response.headers["location"] == "/taskq/?notice=paused"
+
+
 @pytest.mark.parametrize(
     "options",
     [
