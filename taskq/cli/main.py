@@ -50,7 +50,7 @@ from taskq.cli._common import (
 __all__ = ["build_parser", "main"]
 
 # Our own subcommands, then the ones other parts of taskq contribute.
-_COMMANDS = ("enqueue", "queues", "tasks", "fleet", "stats", "dash")
+_COMMANDS = ("enqueue", "queues", "tasks", "fleet", "stats", "dash", "web")
 _OPTIONAL_COMMANDS = {
     "worker": "run a worker server (taskq worker APP:MUX)",
     "scheduler": "run a periodic-task scheduler",

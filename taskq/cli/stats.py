@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskq.cli._common import common_options, open_inspector, wants_json
 from taskq.cli._output import print_json, print_kv, print_table
 
-__all__ = ["STATES", "add_parser", "collect"]
+if TYPE_CHECKING:
+    from taskq.inspector import AsyncInspector
+
+__all__ = ["STATES", "add_parser", "collect", "summarize"]
 
 STATES = ("pending", "active", "scheduled", "retry", "archived", "completed", "aggregating")
 
@@ -23,16 +26,26 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 async def collect(args: argparse.Namespace) -> dict[str, Any]:
     """Gather the numbers ``taskq stats`` shows."""
+    async with open_inspector(args) as insp:
+        return await summarize(insp)
+
+
+async def summarize(insp: AsyncInspector) -> dict[str, Any]:
+    """The numbers ``taskq stats`` shows, read through an open inspector.
+
+    Also the web dashboard's overview. ``queues`` holds a
+    :class:`~taskq.inspector.QueueInfo` per queue; a queue removed while the
+    summary is read is left out.
+    """
     from taskq.errors import QueueNotFoundError
 
-    async with open_inspector(args) as insp:
-        queues = []
-        for name in await insp.queues():
-            try:
-                queues.append(await insp.get_queue_info(name))
-            except QueueNotFoundError:
-                continue
-        servers = await insp.servers()
+    queues = []
+    for name in await insp.queues():
+        try:
+            queues.append(await insp.get_queue_info(name))
+        except QueueNotFoundError:
+            continue
+    servers = await insp.servers()
     processed = sum(q.processed for q in queues)
     failed = sum(q.failed for q in queues)
     return {

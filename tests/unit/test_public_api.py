@@ -55,11 +55,11 @@ def test_unknown_attribute_raises_attribute_error() -> None:
         _ = taskq.no_such_thing  # type: ignore[attr-defined]
 
 
-def test_import_taskq_does_not_import_drivers_or_the_runtime() -> None:
+def test_import_taskq_does_not_import_drivers_the_runtime_or_the_web_extra() -> None:
     code = (
         "import sys, taskq\n"
-        "heavy = [m for m in ('redis', 'sqlite3', 'taskq.runtime.server', 'croniter') "
-        "if m in sys.modules]\n"
+        "heavy = [m for m in ('redis', 'sqlite3', 'taskq.runtime.server', 'croniter', "
+        "'starlette', 'jinja2', 'uvicorn', 'taskq.web') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
