@@ -9,6 +9,7 @@ socket usable; failures become the same taskq errors as through redis-py.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -307,3 +308,46 @@ def test_a_sentinel_broker_uses_the_lane(redis_sentinel: RedisSentinel) -> None:
         assert _lane(broker)._demote_readonly
     finally:
         _close(broker)
+
+
+def test_reconnecting_never_uses_up_max_connections(
+    redis_server: RedisServer | ExternalRedis,
+) -> None:
+    redis_server.flushall()
+    broker = RedisBroker.from_url(f"{redis_server.url}?max_connections=1")
+    try:
+        for n in range(4):
+            assert _enqueue(broker, f"before-kill-{n}") == [TaskState.PENDING]
+            redis_server.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            with contextlib.suppress(BrokerConnectionError):
+                _enqueue(broker, f"after-kill-{n}")  # may fail: its socket was killed
+        assert _enqueue(broker, "last") == [TaskState.PENDING]
+        assert _lane(broker)._open == 1
+    finally:
+        _close(broker)
+
+
+def test_max_connections_bounds_the_sockets_of_concurrent_threads(broker: RedisBroker) -> None:
+    lane = _lane(broker)
+    lane._max = 2
+    inside, release = threading.Barrier(3), threading.Event()
+
+    def hold() -> None:
+        conn = lane._take()
+        inside.wait(10)
+        release.wait(10)
+        lane._give(conn)
+
+    threads = [threading.Thread(target=hold) for _ in range(2)]
+    for t in threads:
+        t.start()
+    inside.wait(10)
+    try:
+        with pytest.raises(redis.exceptions.MaxConnectionsError):
+            lane.call("PING")
+    finally:
+        release.set()
+        for t in threads:
+            t.join(10)
+    assert lane.call("PING") == b"PONG"
+    assert lane._open == 2 and lane.idle == 2

@@ -9,9 +9,13 @@ third of its cost. A :class:`SyncLane` packs with ``hiredis.pack_command``,
 writes with ``sendall`` and parses with a ``hiredis.Reader``.
 
 As with the asyncio :class:`~taskq.brokers.redis._lean.Lane`, connection
-set-up is redis-py's: each connection is made by the sync client's own pool
-(``make_connection()`` + ``connect()``: TCP, unix socket or TLS, AUTH,
-SELECT, Sentinel master discovery) and only then its socket is taken over.
+set-up is redis-py's: each connection is a connection of the sync client's
+pool class, made with the pool's settings and ``connect()``-ed by redis-py
+(TCP, unix socket or TLS, AUTH, SELECT, Sentinel master discovery), and only
+then its socket is taken over. The lane counts its own sockets against the
+pool's ``max_connections`` (freed when a socket closes), so a client built
+with ``?max_connections=N`` holds at most N lane sockets at once and
+reconnecting never uses up the limit.
 
 Invariants:
 
@@ -59,10 +63,21 @@ _IDLE_CAP = 64  # idle sockets kept; more concurrent callers get theirs closed a
 class _SyncConnection:
     """One taken-over socket: writes packed commands and reads their replies."""
 
-    __slots__ = ("_address", "_buffer", "_demote_readonly", "_reader", "_sock", "closed")
+    __slots__ = (
+        "_address",
+        "_buffer",
+        "_demote_readonly",
+        "_on_close",
+        "_reader",
+        "_sock",
+        "closed",
+    )
 
-    def __init__(self, sock: Any, address: str, demote_readonly: bool) -> None:
+    def __init__(
+        self, sock: Any, address: str, demote_readonly: bool, on_close: Callable[[], None]
+    ) -> None:
         self._sock = sock
+        self._on_close = on_close
         self._address = address
         self._demote_readonly = demote_readonly
         self._reader = hiredis.Reader(
@@ -115,6 +130,7 @@ class _SyncConnection:
             self.closed = True
             with contextlib.suppress(OSError):
                 self._sock.close()
+            self._on_close()
 
 
 class SyncLane:
@@ -131,6 +147,8 @@ class SyncLane:
         self._retry: Any = None
         self._generation = _lean._fork_generation
         self._closed = False
+        self._max: int = getattr(self._pool, "max_connections", None) or 2**31
+        self._open = 0  # sockets made and not closed yet (idle or in use)
 
     @classmethod
     def for_client(cls, client: object) -> SyncLane | None:
@@ -146,8 +164,7 @@ class SyncLane:
         kwargs = getattr(pool, "connection_kwargs", None)
         connection_class = getattr(pool, "connection_class", None)
         if (
-            not callable(getattr(pool, "make_connection", None))
-            or not isinstance(kwargs, dict)
+            not isinstance(kwargs, dict)
             or not isinstance(connection_class, type)
             or not issubclass(connection_class, redis.connection.AbstractConnection)
             or str(kwargs.get("protocol") or 2) != "2"
@@ -212,6 +229,7 @@ class SyncLane:
         if self._generation != _lean._fork_generation:
             with self._lock:
                 self._idle = []  # the parent's sockets: forgotten, never closed
+                self._open = 0
                 self._generation = _lean._fork_generation
         try:
             return self._idle.pop()
@@ -227,20 +245,42 @@ class SyncLane:
             self.close()
 
     def _connect(self) -> _SyncConnection:
-        """A new connection: made and set up by redis-py, then taken over."""
+        """A new connection: made and set up by redis-py, then taken over.
+
+        Raises:
+            redis.exceptions.MaxConnectionsError: ``max_connections`` sockets are open.
+        """
         if self._closed:
             raise redis.exceptions.ConnectionError(_lean._CLOSED_BY_BROKER)
-        made: Any = self._pool.make_connection()
-        made.connect()
+        with self._lock:
+            if self._open >= self._max:
+                raise redis.exceptions.MaxConnectionsError("Too many connections")
+            self._open += 1
+            generation = self._generation
+        try:
+            made: Any = self._pool.connection_class(**self._pool.connection_kwargs)
+            made.connect()
+        except BaseException:
+            self._closed_one(generation)
+            raise
         self._retry = getattr(made, "retry", None)
         sock = getattr(made, "_sock", None)
         if sock is None:  # pragma: no cover - redis-py always sets it on connect
             made.disconnect()
+            self._closed_one(generation)
             raise redis.exceptions.ConnectionError("redis-py made no socket")
         host_error = getattr(made, "_host_error", None)
         address = str(host_error()) if callable(host_error) else "redis"
         made._sock = None  # ours now: redis-py must not close it
-        return _SyncConnection(sock, address, self._demote_readonly)
+        return _SyncConnection(
+            sock, address, self._demote_readonly, lambda: self._closed_one(generation)
+        )
+
+    def _closed_one(self, generation: int) -> None:
+        """A socket made in ``generation`` closed; it no longer counts (a child counts anew)."""
+        with self._lock:
+            if generation == self._generation:
+                self._open -= 1
 
     def _retrying(self, error: Exception, again: Callable[[], T]) -> T:
         """Retry a failed call as the connection's redis-py ``Retry`` policy says."""
