@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test test-fast lint typecheck check demo bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml contrib/prometheus/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,cli]'
+	$(BIN)/python -m pip install -q -e '.[dev,cli]' -e contrib/prometheus
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy taskq
+	$(BIN)/mypy --strict contrib/prometheus/taskq_prometheus
 
 check: lint typecheck test
 
