@@ -284,7 +284,17 @@ class _Waiting:
     client stamps tasks with.
     """
 
-    __slots__ = ("_cap", "_deadline", "_next", "_seen", "_timeout", "last", "queue", "task_id")
+    __slots__ = (
+        "_cap",
+        "_deadline",
+        "_monotonic",
+        "_next",
+        "_seen",
+        "_timeout",
+        "last",
+        "queue",
+        "task_id",
+    )
 
     def __init__(
         self,
@@ -292,7 +302,9 @@ class _Waiting:
         queue: str | None,
         timeout: timedelta | float | None,
         poll: timedelta | float,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._monotonic = monotonic
         self.last: TaskInfo | None = None
         if isinstance(task, TaskInfo):
             if queue is not None and queue != task.queue:
@@ -315,7 +327,7 @@ class _Waiting:
             raise InvalidDurationError("poll must be longer than 0")
         self._next = min(_FIRST_WAIT_PAUSE, self._cap)
         self._seen = self.last is not None
-        self._deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        self._deadline = None if self._timeout is None else monotonic() + self._timeout
 
     async def read(self, broker: Broker) -> TaskInfo:
         """The task as stored now.
@@ -362,7 +374,7 @@ class _Waiting:
         self._next = min(pause * 2, self._cap)
         if self._deadline is None:
             return pause
-        left = self._deadline - time.monotonic()
+        left = self._deadline - self._monotonic()
         if left <= 0:
             assert self.last is not None and self._timeout is not None
             raise WaitTimeoutError(self.last, self._timeout)

@@ -125,8 +125,6 @@ async def test_the_timeout_raises_wait_timeout_error_within_its_bound(
     with pytest.raises(WaitTimeoutError) as caught:
         await client.wait(info, timeout=0.3)
     elapsed = time.monotonic() - started
-    # The pauses (5, 10, 20, ... ms) are cut at the deadline, so the wait ends
-    # at 0.3 s, not at the end of the pause that spans it (0.635 s).
     assert 0.3 <= elapsed < 0.55
     assert caught.value.info.state is TaskState.PENDING
     assert caught.value.timeout == 0.3
@@ -265,6 +263,20 @@ def test_pauses_start_at_5_ms_and_double_up_to_poll() -> None:
     assert pauses == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5]
     short = _Waiting("id", None, None, 0.002)
     assert [short.pause() for _ in range(3)] == [0.002, 0.002, 0.002]
+
+
+def test_the_last_pause_is_cut_at_the_deadline_then_the_wait_times_out() -> None:
+    now = [100.0]
+    info = Client(InMemoryBroker()).enqueue(Task("t", b""), retention=KEEP)
+    waiting = _Waiting(info, None, 1.0, 5.0, monotonic=lambda: now[0])
+    assert waiting.outcome(info) is None
+    assert waiting.pause() == 0.005
+    now[0] = 100.995
+    assert waiting.pause() == pytest.approx(0.005)  # not the 10 ms the backoff is at
+    now[0] = 101.0
+    with pytest.raises(WaitTimeoutError) as caught:
+        waiting.pause()
+    assert (caught.value.info, caught.value.timeout) == (info, 1.0)
 
 
 def test_the_sync_client_waits_from_a_plain_thread(broker: CountingBroker) -> None:
