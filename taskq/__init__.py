@@ -54,11 +54,13 @@ _EXPORTS: dict[str, str] = {
     "QueueNotFoundError": "taskq.errors",
     "RevokeTask": "taskq.errors",
     "SkipRetry": "taskq.errors",
+    "TaskFailedError": "taskq.errors",
     "TaskIDConflictError": "taskq.errors",
     "TaskNotFoundError": "taskq.errors",
     "TaskStateError": "taskq.errors",
     "TaskqError": "taskq.errors",
     "UnknownBrokerError": "taskq.errors",
+    "WaitTimeoutError": "taskq.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -95,11 +97,13 @@ if TYPE_CHECKING:
         QueueNotFoundError as QueueNotFoundError,
         RevokeTask as RevokeTask,
         SkipRetry as SkipRetry,
+        TaskFailedError as TaskFailedError,
         TaskIDConflictError as TaskIDConflictError,
         TaskNotFoundError as TaskNotFoundError,
         TaskqError as TaskqError,
         TaskStateError as TaskStateError,
         UnknownBrokerError as UnknownBrokerError,
+        WaitTimeoutError as WaitTimeoutError,
     )
     from taskq.inspector import (
         AsyncInspector as AsyncInspector,

@@ -1,14 +1,20 @@
 """Clients put tasks on queues: :class:`AsyncClient`, and its sync twin :class:`Client`.
 
 Every option is validated before any broker I/O, so a bad call raises a
-:class:`~taskq.errors.InvalidArgumentError` and stores nothing.
+:class:`~taskq.errors.InvalidArgumentError` and stores nothing. A producer
+waits for a task's outcome with ``wait``: it reads the task through the
+broker's ``get_task`` with a capped exponential backoff, so it works on every
+broker alike.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,7 +23,13 @@ from taskq._sync import run_sync
 from taskq._time import Clock, SystemClock, dt_to_ms, ms_to_dt, ms_to_td, td_to_ms
 from taskq.brokers.base import BlockingProducer, Broker, EnqueueRequest
 from taskq.brokers.registry import DEFAULT_BROKER_URL, connect
-from taskq.errors import InvalidArgumentError, InvalidDurationError
+from taskq.errors import (
+    InvalidArgumentError,
+    InvalidDurationError,
+    TaskFailedError,
+    TaskNotFoundError,
+    WaitTimeoutError,
+)
 from taskq.task import (
     DEFAULT_MAX_RETRY,
     DEFAULT_QUEUE,
@@ -33,13 +45,17 @@ from taskq.task import (
     validate_queue_name,
 )
 
-__all__ = ["AsyncClient", "Client", "EnqueueHook", "resolve_broker"]
+__all__ = ["DEFAULT_WAIT_POLL", "AsyncClient", "Client", "EnqueueHook", "resolve_broker"]
 
 EnqueueHook = Callable[[Task], Task]
 """A function run on every task before it is enqueued (tracing, tenancy, signing)."""
 
 _OPTION_NAMES = frozenset(ENQUEUE_OPTIONS)
 _EPOCH = ms_to_dt(0)
+
+DEFAULT_WAIT_POLL = timedelta(milliseconds=500)
+"""The longest pause between two reads of a waited-for task, unless ``poll`` is given."""
+_FIRST_WAIT_PAUSE = 0.005
 
 
 def resolve_broker(broker: Broker | str | None) -> Broker:
@@ -242,6 +258,143 @@ def _merge(task: Task, given: dict[str, Any]) -> dict[str, Any]:
         merged.pop("process_in", None)
     merged.update(given)
     return merged
+
+
+def _seconds(value: object, name: str) -> float:
+    """A duration given as a timedelta or a number of seconds, in seconds (>= 0)."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise InvalidDurationError(
+            f"{name} must be a timedelta or seconds, got {type(value).__name__}"
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidDurationError(f"{name} must be a finite duration >= 0, got {value!r}")
+    return seconds
+
+
+class _Waiting:
+    """One wait for a task's outcome: what to read, when it is over, how long to pause.
+
+    Both :meth:`AsyncClient.wait` and :meth:`Client.wait` drive it: read, call
+    :meth:`outcome`, and sleep :meth:`pause` seconds until it returns a TaskInfo.
+    Time is the monotonic clock: a wait lasts real time, whatever clock the
+    client stamps tasks with.
+    """
+
+    __slots__ = (
+        "_cap",
+        "_deadline",
+        "_monotonic",
+        "_next",
+        "_seen",
+        "_timeout",
+        "last",
+        "queue",
+        "task_id",
+    )
+
+    def __init__(
+        self,
+        task: TaskInfo | str,
+        queue: str | None,
+        timeout: timedelta | float | None,
+        poll: timedelta | float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._monotonic = monotonic
+        self.last: TaskInfo | None = None
+        if isinstance(task, TaskInfo):
+            if queue is not None and queue != task.queue:
+                raise InvalidArgumentError(
+                    f"queue {queue!r} differs from the task's own queue {task.queue!r}"
+                )
+            self.queue, self.task_id = task.queue, task.id
+            _check_waitable(task)
+            self.last = task
+        elif isinstance(task, str):
+            self.queue = validate_queue_name(DEFAULT_QUEUE if queue is None else queue)
+            self.task_id = _check_task_id(task)
+        else:
+            raise InvalidArgumentError(
+                f"wait takes a TaskInfo or a task id, got {type(task).__name__}"
+            )
+        self._timeout = None if timeout is None else _seconds(timeout, "timeout")
+        self._cap = _seconds(poll, "poll")
+        if self._cap == 0:
+            raise InvalidDurationError("poll must be longer than 0")
+        self._next = min(_FIRST_WAIT_PAUSE, self._cap)
+        self._seen = self.last is not None
+        self._deadline = None if self._timeout is None else monotonic() + self._timeout
+
+    async def read(self, broker: Broker) -> TaskInfo:
+        """The task as stored now.
+
+        Raises:
+            TaskNotFoundError: with a message saying so when the task existed
+                before (seen by the caller or by an earlier read) and is gone.
+        """
+        try:
+            info = await broker.get_task(self.queue, self.task_id)
+        except TaskNotFoundError as error:
+            if not self._seen:
+                raise
+            raise TaskNotFoundError(
+                f"task {self.task_id!r} in queue {self.queue!r} no longer exists: it was "
+                "deleted, dropped (RevokeTask), or its retention ended before its outcome "
+                "was read"
+            ) from error
+        self._seen = True
+        return info
+
+    def outcome(self, info: TaskInfo) -> TaskInfo | None:
+        """``info`` if the task is completed, None while it is not final yet.
+
+        Raises:
+            TaskFailedError: the task is archived.
+            InvalidArgumentError: the task is not final and its outcome will not be kept.
+        """
+        self.last = info
+        if info.state is TaskState.COMPLETED:
+            return info
+        if info.state is TaskState.ARCHIVED:
+            raise TaskFailedError(info)
+        _check_waitable(info)
+        return None
+
+    def pause(self) -> float:
+        """Seconds to sleep before the next read: doubling up to ``poll``, cut at the deadline.
+
+        Raises:
+            WaitTimeoutError: the timeout has passed.
+        """
+        pause = self._next
+        self._next = min(pause * 2, self._cap)
+        if self._deadline is None:
+            return pause
+        left = self._deadline - self._monotonic()
+        if left <= 0:
+            assert self.last is not None and self._timeout is not None
+            raise WaitTimeoutError(self.last, self._timeout)
+        return min(pause, left)
+
+
+def _check_waitable(info: TaskInfo) -> None:
+    """Refuse a task whose outcome will not be readable once it has one."""
+    if info.state is TaskState.COMPLETED or info.state is TaskState.ARCHIVED:
+        return
+    if info.group is not None:
+        raise InvalidArgumentError(
+            f"task {info.id!r} is in group {info.group!r}: the group is aggregated into a "
+            "new task with a new id, so this one cannot be waited for"
+        )
+    if info.retention is None:
+        raise InvalidArgumentError(
+            f"task {info.id!r} has no retention: it is deleted when it succeeds, so its "
+            "outcome cannot be waited for; enqueue it with retention=timedelta(...)"
+        )
 
 
 class AsyncClient:
@@ -467,6 +620,49 @@ class AsyncClient:
         """
         return await self.broker.get_task(validate_queue_name(queue), task_id)
 
+    async def wait(
+        self,
+        task: TaskInfo | str,
+        *,
+        queue: str | None = None,
+        timeout: timedelta | float | None = None,
+        poll: timedelta | float = DEFAULT_WAIT_POLL,
+    ) -> TaskInfo:
+        """Wait until a task has an outcome; return its completed :class:`TaskInfo`.
+
+        The task is read at once, then again after pauses that start at 5 ms
+        and double up to ``poll``. Only tasks whose outcome is kept can be
+        waited for: enqueue with ``retention=`` (a task without it is deleted
+        when it succeeds) and without ``group=`` (a group becomes a new task).
+        Cancelling the waiting coroutine stops the wait and nothing else.
+
+        Args:
+            task: the TaskInfo ``enqueue`` returned, or a task id.
+            queue: the queue of a task id (default "default").
+            timeout: how long to wait (timedelta or seconds); None: no limit.
+            poll: the longest pause between two reads (default 500 ms).
+
+        Returns:
+            the task's TaskInfo in state ``completed``; ``.result`` holds what
+            the handler wrote with ``ctx.write_result`` (None if nothing).
+
+        Raises:
+            TaskFailedError: the task ended ``archived`` (``.info.last_error``).
+            WaitTimeoutError: ``timeout`` passed first (``.info``: the last read).
+            TaskNotFoundError: no such task, or it was deleted while waited for
+                (by hand, dropped with RevokeTask, or its retention ran out).
+            InvalidArgumentError: the task has no retention or is in a group
+                (for a TaskInfo before any broker I/O; for an id once it is
+                read and not final yet), or a bad argument.
+            QueueNotFoundError, BrokerError.
+        """
+        waiting = _Waiting(task, queue, timeout, poll)
+        while True:
+            done = waiting.outcome(await waiting.read(self.broker))
+            if done is not None:
+                return done
+            await asyncio.sleep(waiting.pause())
+
     async def ping(self) -> None:
         """Check that the broker is reachable (raises BrokerConnectionError if not)."""
         await self.broker.ping()
@@ -660,6 +856,28 @@ class Client:
     def get_task_info(self, queue: str, task_id: str) -> TaskInfo:
         """Return the current :class:`TaskInfo` of a task."""
         return run_sync(self._async.get_task_info(queue, task_id))
+
+    def wait(
+        self,
+        task: TaskInfo | str,
+        *,
+        queue: str | None = None,
+        timeout: timedelta | float | None = None,
+        poll: timedelta | float = DEFAULT_WAIT_POLL,
+    ) -> TaskInfo:
+        """Block until a task has an outcome; see :meth:`AsyncClient.wait` (same arguments, errors).
+
+        The pauses are slept on the calling thread, and each read is one call
+        on taskq's loop thread, which stays free in between; an interrupt
+        (KeyboardInterrupt) stops the wait with nothing left running.
+        """
+        waiting = _Waiting(task, queue, timeout, poll)
+        broker = self._async.broker
+        while True:
+            done = waiting.outcome(run_sync(waiting.read(broker)))
+            if done is not None:
+                return done
+            time.sleep(waiting.pause())
 
     def ping(self) -> None:
         """Check that the broker is reachable."""

@@ -24,6 +24,8 @@ code never needs to import a driver to handle a failure::
     ├── QueueNotEmptyError
     ├── TaskNotFoundError
     ├── TaskStateError                 (operation not allowed in the task's state)
+    ├── TaskFailedError                (a waited-for task ended archived)
+    ├── WaitTimeoutError               (a wait ran out of time; also a TimeoutError)
     ├── LeaseLostError                 (fencing: stale or expired lease token)
     ├── HandlerError
     │   └── HandlerNotFoundError
@@ -38,6 +40,11 @@ catches ``TaskqError`` around its own broker calls must not swallow them.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from taskq.task import TaskInfo
 
 __all__ = [
     "BrokerAuthError",
@@ -61,12 +68,14 @@ __all__ = [
     "SchemaVersionError",
     "ServerClosedError",
     "SkipRetry",
+    "TaskFailedError",
     "TaskIDConflictError",
     "TaskNotFoundError",
     "TaskStateError",
     "TaskqError",
     "TaskqSignal",
     "UnknownBrokerError",
+    "WaitTimeoutError",
 ]
 
 
@@ -75,7 +84,11 @@ class TaskqError(Exception):
 
 
 class InvalidArgumentError(TaskqError, ValueError):
-    """An argument is invalid; raised before any broker I/O."""
+    """An argument is invalid; raised before any broker I/O.
+
+    The one exception: ``wait`` given a task id reads the task first, and
+    refuses it then if its outcome would not be kept.
+    """
 
 
 class InvalidQueueNameError(InvalidArgumentError):
@@ -158,6 +171,46 @@ class TaskNotFoundError(TaskqError):
 
 class TaskStateError(TaskqError):
     """The operation is not allowed in the task's current state."""
+
+
+class TaskFailedError(TaskqError):
+    """A task that was waited for ended ``archived``: it failed for good.
+
+    Attributes:
+        info: the archived task's :class:`~taskq.TaskInfo`; ``info.last_error``
+            holds the stored error (``Type: message`` and the traceback's last
+            frames), ``info.retried`` how many retries it spent.
+    """
+
+    def __init__(self, info: TaskInfo) -> None:
+        super().__init__(info)
+        self.info = info
+
+    def __str__(self) -> str:
+        info = self.info
+        reason = info.last_error.partition("\n")[0] or "no error recorded"
+        return f"task {info.id!r} ({info.type}) in queue {info.queue!r} was archived: {reason}"
+
+
+class WaitTimeoutError(TaskqError, TimeoutError):
+    """A wait for a task's outcome ran out of time; the task itself is left as it is.
+
+    Attributes:
+        info: the task's :class:`~taskq.TaskInfo` as last read (its state then).
+        timeout: the timeout that passed, in seconds.
+    """
+
+    def __init__(self, info: TaskInfo, timeout: float) -> None:
+        super().__init__(info, timeout)
+        self.info = info
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        info = self.info
+        return (
+            f"task {info.id!r} in queue {info.queue!r} is still {info.state.value} "
+            f"after waiting {self.timeout:g}s"
+        )
 
 
 class LeaseLostError(TaskqError):
