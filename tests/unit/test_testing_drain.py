@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -248,48 +249,18 @@ def test_drain_by_url_runs_on_a_sqlite_file(tmp_path: Path) -> None:
             client.get_task_info("files", info.id)
 
 
-USER_TEST_FILE = """
-from datetime import timedelta
-
-import taskq
-
-mux = taskq.ServeMux()
+DOC = Path(__file__).resolve().parents[2] / "docs" / "testing-your-tasks.md"
 
 
-@mux.handle("email:welcome")
-def send_welcome(ctx: taskq.Context, task: taskq.Task) -> None:
-    if ctx.retry_count < 2:
-        raise ConnectionError("smtp down")
-
-
-@mux.handle("charge")
-def charge(ctx: taskq.Context, task: taskq.Task) -> None:
-    raise taskq.SkipRetry("card declined")
-
-
-def test_welcome_email_is_retried_until_it_goes_out(taskq_client, taskq_drain):
-    info = taskq_client.enqueue(taskq.Task("email:welcome", b"{}"))
-    report = taskq_drain(mux)
-    assert [a.retry_count for a in report.attempts_of(info.id)] == [0, 1, 2]
-    assert report.succeeded == (info.id,)
-
-
-def test_a_declined_card_is_archived(taskq_client, taskq_drain):
-    info = taskq_client.enqueue(taskq.Task("charge", b"{}"))
-    report = taskq_drain(mux)
-    assert [t.id for t in report.archived] == [info.id]
-
-
-def test_a_reminder_waits_for_its_time(taskq_client, taskq_drain, clock):
-    info = taskq_client.enqueue(taskq.Task("email:welcome"), process_in=timedelta(days=1))
-    report = taskq_drain(mux, until=timedelta(hours=1))
-    assert report.attempts == () and [t.id for t in report.waiting] == [info.id]
-"""
-
-
-def test_the_plugin_fixtures_work_in_a_users_test_file(pytester: pytest.Pytester) -> None:
+def test_the_complete_example_in_the_docs_passes(pytester: pytest.Pytester) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+    app, tests = blocks[0], blocks[1]
+    assert app.startswith("# myapp/tasks.py") and tests.startswith("# tests/test_tasks.py")
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
-    pytester.makepyfile(test_user=USER_TEST_FILE)
+    pytester.mkpydir("myapp")
+    pytester.path.joinpath("myapp", "tasks.py").write_text(app, encoding="utf-8")
+    pytester.makepyfile(test_tasks=tests)
+    pytester.syspathinsert()
     autoloaded = any(ep.value == "taskq.testing.plugin" for ep in entry_points(group="pytest11"))
     plugin_args = () if autoloaded else ("-p", "taskq.testing.plugin")
     result = pytester.runpytest_inprocess(*plugin_args, "-p", "no:cacheprovider")
