@@ -10,10 +10,16 @@ Examples::
     taskq worker myapp.tasks:mux --broker redis://localhost:6379/0 \\
         --queue critical=6 --queue default=3 --queue low=1 --concurrency 20
     taskq worker myapp.tasks:build_mux --processes 4     # a supervisor of 4 workers
+    taskq worker myapp.tasks:mux --burst                 # run what is due, then exit 0
 
 Signals: SIGTERM/SIGINT stop gracefully (a second one requeues running
 tasks at once), SIGTSTP stops fetching. The supervisor forwards them to its
 workers and restarts a worker that dies.
+
+``--burst``: process every task that is pending or due, then exit 0 (see
+``Config.burst``). With ``--processes`` each worker bursts on its own; the
+supervisor restarts none of them and exits once all have exited: 0 when all
+exited 0, else a failing worker's status.
 """
 
 from __future__ import annotations
@@ -72,6 +78,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=parse_positive_int,
         default=1,
         help="run N worker processes under a supervisor that restarts dead ones",
+    )
+    parser.add_argument(
+        "--burst",
+        action="store_true",
+        help="process every pending or due task, then exit 0 (tasks scheduled or "
+        "retried for later do not keep the worker alive)",
     )
     parser.add_argument(
         "--shutdown-timeout",
@@ -168,6 +180,8 @@ def _config_from(args: argparse.Namespace) -> dict[str, Any]:
         settings["retry_delay"] = _FixedDelay(timedelta(seconds=args.retry_delay))
     if args.strict_broker_checks:
         settings["strict_broker_checks"] = True
+    if args.burst:
+        settings["burst"] = True
     return settings
 
 
@@ -220,16 +234,25 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--retry-delay", str(args.retry_delay)]
     if args.strict_broker_checks:
         argv.append("--strict-broker-checks")
+    if args.burst:
+        argv.append("--burst")
     return argv
 
 
 class _Supervisor:
-    """Runs N worker processes; restarts one that dies; forwards stop signals."""
+    """Runs N worker processes; restarts one that dies; forwards stop signals.
 
-    def __init__(self, argv: list[str], env: dict[str, str], count: int) -> None:
+    In burst mode a worker that exits is not restarted, and the supervisor
+    stops once every worker has exited.
+    """
+
+    def __init__(
+        self, argv: list[str], env: dict[str, str], count: int, *, burst: bool = False
+    ) -> None:
         self._argv = argv
         self._env = env
         self._count = count
+        self._burst = burst
         self._children: list[subprocess.Popen[bytes] | None] = [None] * count
         self._started_at = [0.0] * count
         self._backoff = [0.0] * count
@@ -269,12 +292,20 @@ class _Supervisor:
                 for slot in range(self._count):
                     self._spawn(slot)
             while not self._stopping.is_set():
-                self._restart_dead()
+                if self._burst:
+                    if self._all_exited():
+                        break
+                else:
+                    self._restart_dead()
                 self._stopping.wait(0.2)
             return self._wait_all()
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+    def _all_exited(self) -> bool:
+        with self._lock:
+            return all(child is None or child.poll() is not None for child in self._children)
 
     def _restart_dead(self) -> None:
         now = time.monotonic()
@@ -323,7 +354,7 @@ def _supervise(args: argparse.Namespace, url: str) -> int:
     cwd = os.getcwd()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (cwd, env.get("PYTHONPATH", "")) if p)
     log.info("supervisor: running %d workers on %s", args.processes, redact_url(url))
-    return _Supervisor(_child_argv(args), env, args.processes).run()
+    return _Supervisor(_child_argv(args), env, args.processes, burst=args.burst).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -208,6 +208,14 @@ class Config:
         group_reclaim_after: an aggregation that has not finished after this
             long (its server died, or the aggregator raised) is undone and the
             group aggregated again.
+        burst: process every task that is pending or due, then shut down
+            gracefully (``Server.run`` returns, ``taskq worker --burst`` exits
+            0). The server is done once a fetch finds all its queues empty and
+            none of its own tasks is running or waiting for its outcome to be
+            stored; tasks scheduled or retried for later, aggregating groups
+            and paused queues do not keep it alive (before deciding, it moves
+            due scheduled/retry tasks and expired leases back to pending, so
+            a retry due now is run, one due in 10 s is not).
         strict_broker_checks: refuse to start (``BrokerConfigError``) when the
             broker's start-up check finds a setting that can lose tasks (Redis
             ``maxmemory-policy`` other than ``noeviction``); by default it is
@@ -255,6 +263,7 @@ class Config:
     group_limits: Mapping[str, GroupLimits] = attrs.field(factory=dict, converter=_group_limits)
     group_reclaim_after: timedelta = attrs.field(default=DEFAULT_RECLAIM_AFTER, converter=_duration)
     strict_broker_checks: bool = False
+    burst: bool = False
     logger: logging.Logger | None = None
 
     def __attrs_post_init__(self) -> None:

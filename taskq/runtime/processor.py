@@ -8,6 +8,13 @@ transition: successes are acknowledged in batches (``done_many``, flushed at
 once when no flush is in flight, so a lone ack never waits for a batch to
 fill), failures become ``retry`` or ``archive``.
 
+Burst mode (``on_idle`` given): fetches do not wait in the broker, and a
+fetch that finds nothing while none of this processor's own attempts is in
+flight (running, or its ack, retry or archive not yet stored) calls
+``on_idle``; when that returns True the fetch loop ends. While attempts are
+still in flight, an empty fetch is repeated once one of them is settled, or
+after ``fetch_wait``.
+
 Time limits: a task's limit is the earlier of ``started + timeout`` (the
 task's timeout, or ``Config.default_timeout`` when it has neither timeout nor
 deadline) and its deadline. When the limit hits, the attempt is settled at
@@ -92,6 +99,9 @@ class Processor:
         clock: the local wall clock (for deadlines, which are absolute times).
         config: the server settings (concurrency, queues, lease, retry policy, ...).
         logger: where to log.
+        on_idle: burst mode: called when a fetch found nothing and no attempt
+            is in flight; returning True ends :meth:`run` (the queues are
+            drained), False fetches again.
     """
 
     def __init__(
@@ -102,8 +112,10 @@ class Processor:
         clock: Clock,
         config: Config,
         logger: logging.Logger,
+        on_idle: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._broker = broker
+        self._on_idle = on_idle
         self._mux = mux
         self._clock = clock
         self._config = config
@@ -128,6 +140,7 @@ class Processor:
         self._slot_freed: asyncio.Event | None = None
         self._all_settled: asyncio.Event | None = None
         self._quiet_event: asyncio.Event | None = None
+        self._job_gone: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -219,10 +232,13 @@ class Processor:
         self._all_settled = asyncio.Event()
         self._all_settled.set()
         self._quiet_event = asyncio.Event()
+        self._job_gone = asyncio.Event()
         if self._quiet:
             self._quiet_event.set()
         stop_waiter = loop.create_task(_first_of(stop, self._quiet_event))
         backoff = 0.0
+        burst = self._on_idle is not None
+        wait = 0 if burst else self._wait_ms
         try:
             while not stop_waiter.done():
                 free = self._capacity - self._running
@@ -234,9 +250,7 @@ class Processor:
                     continue
                 order = self._selector.order()
                 fetch = loop.create_task(
-                    self._broker.dequeue(
-                        order, count=free, lease=self._lease_ms, wait=self._wait_ms
-                    )
+                    self._broker.dequeue(order, count=free, lease=self._lease_ms, wait=wait)
                 )
                 self._fetch = fetch
                 await asyncio.wait({fetch, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -266,8 +280,28 @@ class Processor:
                     self._selector.record(order, deliveries, free)
                     for delivery in deliveries:
                         self._start(delivery)
+                elif burst and await self._burst_idle(stop_waiter):
+                    break
         finally:
             stop_waiter.cancel()
+
+    async def _burst_idle(self, stop_waiter: asyncio.Task[None]) -> bool:
+        """After an empty fetch in burst mode: return True once the queues are drained.
+
+        With attempts of our own in flight, waits for one of them to be
+        settled (it may have been retried for now) or ``fetch_wait``, and
+        returns False to fetch again.
+        """
+        assert self._on_idle is not None and self._job_gone is not None
+        if not self._jobs:
+            return await self._on_idle()
+        self._job_gone.clear()
+        gone = asyncio.ensure_future(self._job_gone.wait())
+        await asyncio.wait(
+            {gone, stop_waiter}, timeout=self._wait_ms / 1000, return_when=asyncio.FIRST_COMPLETED
+        )
+        gone.cancel()
+        return False
 
     def _requeue_fetched(self, fetch: asyncio.Future[list[Delivery]]) -> None:
         if fetch.cancelled() or fetch.exception() is not None:
@@ -655,6 +689,8 @@ class Processor:
         key = (job.ref.queue, job.ref.task_id)
         if self._jobs.get(key) is job:
             del self._jobs[key]
+            if self._job_gone is not None:
+                self._job_gone.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None

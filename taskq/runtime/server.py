@@ -11,6 +11,10 @@ the components, each one small loop talking only to the Broker protocol:
 * cancellation (cancel requests -> running tasks cancelled),
 * the health check and the group aggregator, when configured.
 
+With ``Config(burst=True)`` the server shuts itself down once its queues
+are drained: nothing pending or due, and none of its own tasks running or
+waiting for its outcome to be stored (see :class:`Config`).
+
 Shutdown, in order: the forwarder, recoverer, janitor, health check and
 aggregator stop; the processor stops fetching, waits up to
 ``shutdown_timeout`` for running tasks and requeues the rest (no retry
@@ -211,13 +215,18 @@ class Server:
         self.shutdown()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the server has stopped; return whether it has."""
+        """Block until the server has stopped; return whether it has.
+
+        A burst server (``Config(burst=True)``) stops by itself once its
+        queues are drained.
+        """
         return self._finished.wait(timeout)
 
     def run(self, mux: ServeMux) -> None:
         """Start, wait for a signal, shut down (blocks).
 
-        SIGTERM or SIGINT: graceful shutdown; a second one requeues running
+        With ``Config(burst=True)`` it also returns once the queues are
+        drained. SIGTERM or SIGINT: graceful shutdown; a second one requeues running
         tasks at once. SIGTSTP: stop fetching and keep running (quiet).
         Signals are handled only when called from the main thread; elsewhere
         it returns when another thread calls :meth:`shutdown`.
@@ -231,8 +240,8 @@ class Server:
         with self._signals(terminate):
             self.start(mux)
             try:
-                while not terminate.is_set() and not self._finished.is_set():
-                    terminate.wait(0.5)
+                while not terminate.is_set() and not self._finished.wait(0.5):
+                    pass
             finally:
                 self.shutdown()
 
@@ -364,21 +373,41 @@ class Server:
         config, log = self._config, self._log
         queues = config.queue_names
         self._started_at = self._clock.now_ms()
-        processor = Processor(broker, mux=mux, clock=self._clock, config=config, logger=log)
+        recoverer = Recoverer(
+            broker,
+            queues=queues,
+            interval=config.effective_recoverer_interval,
+            lease=config.lease,
+            release_unique_on_archive=config.release_unique_on_archive,
+            logger=log,
+        )
+        forwarder = Forwarder(broker, queues=queues, interval=config.forwarder_interval, logger=log)
+
+        async def drained() -> bool:
+            # Burst mode: nothing pending and nothing of ours in flight. Tasks
+            # that are due (or whose worker died) count as pending: move them
+            # first, and only when there were none is the burst over.
+            if await recoverer.recover_once() or await forwarder.forward_once():
+                return False
+            log.info("taskq worker %s: queues drained (burst)", self._id)
+            self._begin_shutdown()
+            return True
+
+        processor = Processor(
+            broker,
+            mux=mux,
+            clock=self._clock,
+            config=config,
+            logger=log,
+            on_idle=drained if config.burst else None,
+        )
         self._processor = processor
         if self._quiet_requested:
             processor.quiet()
         early_stop, fetch_stop, late_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
         early: list[Callable[[asyncio.Event], Awaitable[None]]] = [
-            Recoverer(
-                broker,
-                queues=queues,
-                interval=config.effective_recoverer_interval,
-                lease=config.lease,
-                release_unique_on_archive=config.release_unique_on_archive,
-                logger=log,
-            ).run,
-            Forwarder(broker, queues=queues, interval=config.forwarder_interval, logger=log).run,
+            recoverer.run,
+            forwarder.run,
             Janitor(
                 broker,
                 queues=queues,
@@ -418,12 +447,13 @@ class Server:
         late_tasks = [asyncio.create_task(self._guard(c, late_stop)) for c in late]
         fetcher = asyncio.create_task(processor.run(fetch_stop))
         log.info(
-            "taskq worker %s started: broker=%s queues=%s%s concurrency=%d",
+            "taskq worker %s started: broker=%s queues=%s%s concurrency=%d%s",
             self._id,
             _describe(self._broker_arg),
             ",".join(f"{q}={config.queues[q]}" for q in queues),
             " (strict)" if config.strict_priority else "",
             config.concurrency,
+            " burst" if config.burst else "",
         )
         self._ready.set()
         assert self._shutdown_event is not None and self._hurry_event is not None

@@ -251,6 +251,29 @@ def test_the_supervisor_restarts_a_worker_that_dies_and_stops_all_on_sigterm(
     assert supervisor.wait(20) == 0
 
 
+def test_a_burst_worker_runs_what_is_due_and_exits_zero(harness: Harness) -> None:
+    ids = harness.enqueue(0.1, count=6, retention=KEEP)
+    (later,) = harness.enqueue(0.0, process_in=timedelta(hours=1))
+    worker = harness.start("--burst", "--concurrency", "3")
+    assert worker.wait(30) == 0, harness.stderr()
+    assert harness.ended() == set(ids)
+    assert all(harness.state(i) is TaskState.COMPLETED for i in ids)
+    assert harness.state(later) is TaskState.SCHEDULED
+    assert "drained (burst)" in harness.stderr()
+
+
+def test_burst_with_processes_runs_every_task_once_and_the_supervisor_exits_zero(
+    harness: Harness,
+) -> None:
+    ids = harness.enqueue(0.05, count=20, retention=KEEP)
+    supervisor = harness.start("--burst", "--processes", "2", "--concurrency", "2")
+    assert supervisor.wait(60) == 0, harness.stderr()
+    starts = [a for a in harness.attempts() if a.event == "start"]
+    assert sorted(a.task_id for a in starts) == sorted(ids)
+    assert len({a.pid for a in starts}) <= 2
+    assert "restarting" not in harness.stderr()
+
+
 def _server_pids(url: str, queue: str) -> set[int]:
     """Pids of the live worker servers serving ``queue`` (from their heartbeats)."""
 
