@@ -175,3 +175,61 @@ def load_app_object(spec: str, kinds: tuple[type, ...], usage: str, what: str) -
             EXIT_USAGE,
         )
     return obj
+
+
+# --------------------------------------------------------------------------- errors
+
+NOT_FOUND, CONFLICT, BAD_INPUT, BROKER_DOWN, OTHER = (
+    "not found",
+    "conflict",
+    "bad input",
+    "broker down",
+    "other",
+)
+
+
+def error_kind(exc: BaseException) -> str:
+    """How a taskq error is classed for the CLI's exit codes and the dashboard's statuses.
+
+    One of NOT_FOUND (queue or task), CONFLICT (wrong state, queue not empty,
+    id or unique-lock conflict), BAD_INPUT (an invalid argument), BROKER_DOWN
+    (unreachable or timed out: worth a retry) and OTHER.
+    """
+    from taskq import errors
+
+    if isinstance(exc, (errors.QueueNotFoundError, errors.TaskNotFoundError)):
+        return NOT_FOUND
+    if isinstance(
+        exc,
+        (
+            errors.TaskStateError,
+            errors.QueueNotEmptyError,
+            errors.TaskIDConflictError,
+            errors.DuplicateTaskError,
+        ),
+    ):
+        return CONFLICT
+    if isinstance(exc, errors.InvalidArgumentError):
+        return BAD_INPUT
+    if isinstance(exc, (errors.BrokerConnectionError, errors.BrokerTimeoutError)):
+        return BROKER_DOWN
+    return OTHER
+
+
+def one_line(exc: BaseException, url: str) -> str:
+    """The error as one line, with the broker's password masked wherever it appears."""
+    from urllib.parse import unquote, urlsplit
+
+    from taskq.brokers.registry import redact_url
+
+    text = str(exc) or type(exc).__name__
+    text = " ".join(text.split())
+    text = text.replace(url, redact_url(url))
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    for secret in {password, unquote(password or "")}:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text

@@ -35,6 +35,9 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn, cast
 
 from taskq.cli._common import (
+    BAD_INPUT,
+    BROKER_DOWN,
+    CONFLICT,
     EXIT_BROKER,
     EXIT_CONFLICT,
     EXIT_ERROR,
@@ -42,9 +45,13 @@ from taskq.cli._common import (
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_USAGE,
+    NOT_FOUND,
+    OTHER,
     CliError,
     add_global_options,
     broker_url,
+    error_kind,
+    one_line,
 )
 
 __all__ = ["build_parser", "main"]
@@ -128,46 +135,19 @@ def _add_placeholder(
 
 
 def _exit_code(exc: BaseException) -> int:
-    from taskq import errors
-
     if isinstance(exc, CliError):
         return exc.code
-    if isinstance(exc, (errors.QueueNotFoundError, errors.TaskNotFoundError)):
-        return EXIT_NOT_FOUND
-    if isinstance(
-        exc,
-        (
-            errors.TaskStateError,
-            errors.QueueNotEmptyError,
-            errors.TaskIDConflictError,
-            errors.DuplicateTaskError,
-        ),
-    ):
-        return EXIT_CONFLICT
-    if isinstance(exc, errors.InvalidArgumentError):
-        return EXIT_USAGE
-    if isinstance(exc, (errors.BrokerConnectionError, errors.BrokerTimeoutError)):
-        return EXIT_BROKER
-    return EXIT_ERROR
+    return _EXIT_BY_KIND[error_kind(exc)]
 
 
-def _one_line(exc: BaseException, url: str) -> str:
-    """The error as one line, with the broker's password masked wherever it appears."""
-    from urllib.parse import unquote, urlsplit
-
-    from taskq.brokers.registry import redact_url
-
-    text = str(exc) or type(exc).__name__
-    text = " ".join(text.split())
-    text = text.replace(url, redact_url(url))
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    for secret in {password, unquote(password or "")}:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text
+_EXIT_BY_KIND = {
+    NOT_FOUND: EXIT_NOT_FOUND,
+    CONFLICT: EXIT_CONFLICT,
+    BAD_INPUT: EXIT_USAGE,
+    BROKER_DOWN: EXIT_BROKER,
+    OTHER: EXIT_ERROR,
+}
+_one_line = one_line  # the name the tests and older imports use
 
 
 def main(argv: Sequence[str] | None = None) -> int:

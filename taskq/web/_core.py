@@ -26,6 +26,15 @@ from starlette.responses import RedirectResponse, Response
 from taskq import errors
 from taskq.brokers.base import Broker
 from taskq.brokers.registry import DEFAULT_BROKER_URL, redact_url
+from taskq.cli._common import (
+    BAD_INPUT,
+    BROKER_DOWN,
+    CONFLICT,
+    NOT_FOUND,
+    OTHER,
+    error_kind,
+    one_line,
+)
 from taskq.inspector import MAX_PAGE_SIZE, AsyncInspector
 from taskq.task import TaskState
 from taskq.web._render import SafeJSONResponse, Templates
@@ -122,23 +131,10 @@ class HttpError(Exception):
 
 
 def _status_for(exc: errors.TaskqError) -> int:
-    if isinstance(exc, (errors.QueueNotFoundError, errors.TaskNotFoundError)):
-        return 404
-    if isinstance(
-        exc,
-        (
-            errors.TaskStateError,
-            errors.QueueNotEmptyError,
-            errors.TaskIDConflictError,
-            errors.DuplicateTaskError,
-        ),
-    ):
-        return 409
-    if isinstance(exc, errors.InvalidArgumentError):
-        return 400
-    if isinstance(exc, (errors.BrokerConnectionError, errors.BrokerTimeoutError)):
-        return 503
-    return 500
+    return _STATUS_BY_KIND[error_kind(exc)]
+
+
+_STATUS_BY_KIND = {NOT_FOUND: 404, CONFLICT: 409, BAD_INPUT: 400, BROKER_DOWN: 503, OTHER: 500}
 
 
 # --------------------------------------------------------------------------- parameters
@@ -325,9 +321,8 @@ class Dashboard:
 
     def scrub(self, exc: BaseException) -> str:
         """``exc`` as one line without any broker password."""
-        from taskq.cli.main import _one_line
 
-        text = _one_line(exc, self._url) if self._url else " ".join(str(exc).split())
+        text = one_line(exc, self._url) if self._url else " ".join(str(exc).split())
         return _URL_PASSWORD.sub(r"\1***@", text or type(exc).__name__)
 
     # ----------------------------------------------------------------- guard

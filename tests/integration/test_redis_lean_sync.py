@@ -24,7 +24,7 @@ from taskq.brokers.base import EnqueueRequest
 from taskq.brokers.redis import RedisBroker, _lean
 from taskq.brokers.redis._lean_sync import SyncLane
 from taskq.errors import BrokerAuthError, BrokerConnectionError, BrokerError, BrokerTimeoutError
-from taskq.task import TaskMessage, TaskState
+from taskq.task import TaskState
 from taskq.testing.servers import (
     ExternalRedis,
     RedisSentinel,
@@ -32,26 +32,13 @@ from taskq.testing.servers import (
     RedisServerFactory,
     TLSFiles,
 )
+from tests.integration.test_redis_lean import ECHO, SLOW, _message
 
 pytestmark = [
     pytest.mark.redis,
     pytest.mark.timeout(60),
     pytest.mark.skipif(not _lean.HAVE_HIREDIS, reason="the lean lane needs hiredis"),
 ]
-
-ECHO = "return ARGV[1]"
-# Busy for ARGV[1] microseconds of server time, then return ARGV[2].
-SLOW = """
-local t = redis.call('TIME')
-repeat
-  local n = redis.call('TIME')
-until (n[1] - t[1]) * 1000000 + (n[2] - t[2]) >= tonumber(ARGV[1])
-return ARGV[2]
-"""
-
-
-def _message(task_id: str, queue: str = "q") -> TaskMessage:
-    return TaskMessage(id=task_id, type="lean:task", payload=task_id.encode(), queue=queue)
 
 
 def _enqueue(broker: RedisBroker, *ids: str, queue: str = "q") -> list[object]:

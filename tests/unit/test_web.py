@@ -962,7 +962,7 @@ def test_taskq_web_imports_only_the_public_layers() -> None:
         "taskq.errors",
         "taskq.cli._output",
         "taskq.cli.stats",
-        "taskq.cli.main",
+        "taskq.cli._common",
         "taskq.web",
     )
     offenders = []
