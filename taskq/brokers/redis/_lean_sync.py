@@ -54,9 +54,8 @@ if _lean.HAVE_HIREDIS:
 __all__ = ["SyncLane"]
 
 T = TypeVar("T")
-Command = tuple[Any, ...]
 
-_FAILURES = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_FAILURES = _lean._FAILURES
 _IDLE_CAP = 64  # idle sockets kept; more concurrent callers get theirs closed after use
 
 
@@ -193,7 +192,7 @@ class SyncLane:
             raise reply
         return reply
 
-    def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+    def pipeline(self, commands: Sequence[_lean.Command]) -> list[Any]:
         """Run several commands in one round trip; replies in order, error replies in place.
 
         Raises:
