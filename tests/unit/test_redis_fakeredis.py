@@ -162,6 +162,21 @@ async def test_one_script_call_stores_more_tasks_than_one_variadic_command_takes
     assert [d.message for d in got] == messages
 
 
+async def test_ids_already_stored_are_refused_anywhere_in_a_call_past_one_thousand_ids(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The script reads the stored ids of a whole call with HMGET, 1000 ids per
+    # command; a conflict in the second slice must land on the right task.
+    monkeypatch.setattr("taskq.brokers.redis.broker._ENQUEUE_CHUNK", 5000)
+    await broker.enqueue_many([EnqueueRequest(_message(i)) for i in ("t5", "t1500", "t2299")])
+    messages = [_message(f"t{i}") for i in range(2300)]
+    results = await broker.enqueue_many([EnqueueRequest(m) for m in messages])
+    refused = {i for i, result in enumerate(results) if isinstance(result, TaskIDConflictError)}
+    assert refused == {5, 1500, 2299}
+    assert all(results[i] is TaskState.PENDING for i in range(2300) if i not in refused)
+    assert (await broker.queue_stats("q")).pending == 2300
+
+
 async def test_messages_are_stored_without_their_id_and_queue(
     broker: RedisBroker, fake: fakeredis.aioredis.FakeRedis
 ) -> None:

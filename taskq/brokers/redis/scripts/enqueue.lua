@@ -15,7 +15,8 @@
 -- The writes every accepted task needs (its message, the pending state and the
 -- pending list entry) are collected and issued once per batch as variadic
 -- HSET/LPUSH calls, in the tasks' order: one redis.call per task instead of
--- four. A table of the batch's ids stands in for HEXISTS on ids not yet written.
+-- four. The ids already stored are read with one HMGET for the whole batch,
+-- and a table of the batch's own ids catches a repeated id within it.
 
 local registered = redis.call('HSETNX', K.meta, 'created', fmt(NOW))
 local out = {registered}
@@ -23,7 +24,20 @@ local messages, states, pending = {}, {}, {}
 local seen = {}
 local pending_state = 'p' .. fmt(NOW)
 local pruned = false
+local ids = {}
 for i = 2, #ARGV, 6 do
+  ids[#ids + 1] = ARGV[i]
+end
+local stored = {}
+for first = 1, #ids, 1000 do
+  local found = redis.call('HMGET', K.states, unpack(ids, first, math.min(first + 999, #ids)))
+  for k = 1, #found do
+    stored[first + k - 1] = found[k]
+  end
+end
+local n = 0
+for i = 2, #ARGV, 6 do
+  n = n + 1
   local id, message, group, ukey = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
   local process_at, unique_ttl = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 5])
   local lock = ukey ~= '' and unique_ttl > 0
@@ -31,7 +45,7 @@ for i = 2, #ARGV, 6 do
     prune_unique(K)
     pruned = true
   end
-  if seen[id] or redis.call('HEXISTS', K.states, id) == 1 then
+  if seen[id] or stored[n] then
     out[#out + 1] = 'C'
   elseif lock and unique_held(K, ukey) then
     out[#out + 1] = 'D'
