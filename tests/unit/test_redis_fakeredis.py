@@ -177,6 +177,45 @@ async def test_ids_already_stored_are_refused_anywhere_in_a_call_past_one_thousa
     assert (await broker.queue_stats("q")).pending == 2300
 
 
+def test_a_chunk_of_plain_tasks_is_sent_as_ids_and_messages_only(broker: RedisBroker) -> None:
+    # Due now, no group, no unique lock: two values per task instead of six
+    # (less to pack, send and parse); any other task makes the chunk full form.
+    plain = [(_message(f"t{i}"), 0, 0) for i in range(3)]
+    name, _, args = broker._enqueue_call(plain, "q", [0, 1, 2], "")
+    assert (name, args[1], len(args)) == ("enqueue", b"2", 2 + 2 * 3)
+    assert args[2:4] == ["t0", plain[0][0].encode(addressed=False)]
+    for odd in [
+        (_message("s"), 5, 0),
+        (_message("u", unique_key="k"), 0, 60_000),
+        (_message("g", group="g"), 0, 0),
+    ]:
+        _, _, args = broker._enqueue_call([*plain, odd], "q", [0, 1, 2, 3], "")
+        assert (args[1], len(args)) == (b"6", 2 + 6 * 4)
+
+
+async def test_plain_and_other_tasks_in_one_batch_each_reach_their_state(
+    broker: RedisBroker,
+) -> None:
+    requests = [
+        EnqueueRequest(_message("p1")),
+        EnqueueRequest(_message("s1"), process_at=2**41),
+        EnqueueRequest(_message("g1", group="g")),
+        EnqueueRequest(_message("u1", unique_key="k"), unique_ttl=60_000),
+        EnqueueRequest(_message("p1")),
+    ]
+    results = await broker.enqueue_many(requests)
+    assert results[:4] == [
+        TaskState.PENDING,
+        TaskState.SCHEDULED,
+        TaskState.AGGREGATING,
+        TaskState.PENDING,
+    ]
+    assert isinstance(results[4], TaskIDConflictError)
+    again = await broker.enqueue_many([EnqueueRequest(_message(i)) for i in ("p2", "s1", "p3")])
+    assert again[0] is TaskState.PENDING and again[2] is TaskState.PENDING
+    assert isinstance(again[1], TaskIDConflictError)
+
+
 async def test_messages_are_stored_without_their_id_and_queue(
     broker: RedisBroker, fake: fakeredis.aioredis.FakeRedis
 ) -> None:

@@ -579,8 +579,24 @@ class RedisBroker:
         chunk: Sequence[int],
         now: str | int,
     ) -> tuple[str, Sequence[str | bytes], Sequence[Any]]:
-        """The enqueue script call storing ``items[i]`` for each i of ``chunk`` in ``queue``."""
-        args: list[Any] = [now]
+        """The enqueue script call storing ``items[i]`` for each i of ``chunk`` in ``queue``.
+
+        A chunk of plain tasks (due now, no group, no unique lock: the common
+        bulk load) is sent as id and message only, two values per task
+        instead of six.
+        """
+        keys = self._keys_for("enqueue", queue)
+        args: list[Any] = [now, b"2"]
+        append = args.append
+        for i in chunk:
+            message, process_at, unique_ttl = items[i]
+            if process_at or unique_ttl or message.group:
+                break
+            append(message.id)
+            append(message.encode(addressed=False))
+        else:
+            return ("enqueue", keys, args)
+        args = [now, b"6"]
         extend = args.extend
         for i in chunk:
             message, process_at, unique_ttl = items[i]
@@ -596,7 +612,7 @@ class RedisBroker:
                     b"%d" % unique_ttl if unique_ttl else b"0",
                 )
             )
-        return ("enqueue", self._keys_for("enqueue", queue), args)
+        return ("enqueue", keys, args)
 
     @staticmethod
     def _enqueue_results(

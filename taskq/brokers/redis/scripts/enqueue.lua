@@ -2,9 +2,11 @@
 -- enqueue: (new) -> pending | scheduled | aggregating, for a batch of new tasks of one queue.
 --
 -- KEYS: meta messages states pending scheduled aggregating groups task_groups task_unique unique_expiry unique_owner paused notify
--- ARGV: now, then 6 values per task:
+-- ARGV: now, a layout ("6" or "2"), then per task either 6 values:
 --   id, message (encoded TaskMessage), process_at (epoch ms; not in the future = now),
 --   group ("" = none), unique_key ("" = none), unique_ttl (ms; a lock is taken when > 0)
+-- or, with layout "2", only id and message: a batch of plain tasks (due now, no
+-- group, no unique lock), which all go to pending.
 -- Returns: {registered, code...}: registered is 1 when this call created the queue
 --   (the caller then adds it to the global queue set); one code per task, in order:
 --   "p" pending, "s" scheduled, "g" aggregating, "C" the id exists, "D" the unique lock is held.
@@ -24,8 +26,9 @@ local messages, states, pending = {}, {}, {}
 local seen = {}
 local pending_state = 'p' .. fmt(NOW)
 local pruned = false
+local stride = tonumber(ARGV[2])
 local ids = {}
-for i = 2, #ARGV, 6 do
+for i = 3, #ARGV, stride do
   ids[#ids + 1] = ARGV[i]
 end
 local stored = {}
@@ -36,7 +39,24 @@ for first = 1, #ids, 1000 do
   end
 end
 local n = 0
-for i = 2, #ARGV, 6 do
+if stride == 2 then
+  for i = 3, #ARGV, 2 do
+    n = n + 1
+    local id = ARGV[i]
+    if seen[id] or stored[n] then
+      out[#out + 1] = 'C'
+    else
+      seen[id] = true
+      messages[#messages + 1] = id
+      messages[#messages + 1] = ARGV[i + 1]
+      states[#states + 1] = id
+      states[#states + 1] = pending_state
+      pending[#pending + 1] = id
+      out[#out + 1] = 'p'
+    end
+  end
+end
+for i = 3, stride == 6 and #ARGV or 0, 6 do
   n = n + 1
   local id, message, group, ukey = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
   local process_at, unique_ttl = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 5])
