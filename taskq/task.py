@@ -12,7 +12,7 @@ import base64
 import binascii
 import enum
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -341,6 +341,50 @@ class TaskMessage:
     def to_task(self) -> Task:
         """Return the :class:`Task` a handler receives for this message."""
         return Task(self.type, self.payload, self.headers)
+
+
+def encode_unaddressed(messages: Iterable[TaskMessage]) -> list[bytes]:
+    """``[m.encode(addressed=False) for m in messages]``, byte for byte, at about half the cost.
+
+    Messages of one batch mostly differ only in id, queue and payload: the
+    bytes around the payload are encoded once per run of messages that share
+    every other field, and each payload is spliced in between. A message with
+    headers is encoded on its own.
+    """
+    out: list[bytes] = []
+    shape: tuple[object, ...] | None = None
+    prefix = suffix = b""
+    b64 = binascii.b2a_base64
+    for m in messages:
+        if m.headers:
+            out.append(m.encode(addressed=False))
+            continue
+        key = (
+            m.type,
+            m.max_retry,
+            m.retried,
+            m.last_error,
+            m.last_failed_at,
+            m.timeout,
+            m.deadline,
+            m.unique_key,
+            m.group,
+            m.retention,
+            m.enqueued_at,
+            m.completed_at,
+        )
+        if key != shape:
+            shape = key
+            # With an empty payload the field reads "payload":"" and its quotes
+            # are the only unescaped ones of that text: every string is escaped.
+            whole = attrs.evolve(m, payload=b"").encode(addressed=False)
+            cut = whole.index(_PAYLOAD_FIELD) + len(_PAYLOAD_FIELD)
+            prefix, suffix = whole[:cut], whole[cut:]
+        out.append(prefix + b64(m.payload, newline=False) + suffix)
+    return out
+
+
+_PAYLOAD_FIELD = b'"payload":"'
 
 
 def _req_str(doc: Mapping[str, Any], key: str) -> str:

@@ -291,3 +291,65 @@ def test_the_address_a_broker_gives_wins_over_the_messages_own() -> None:
     moved = TaskMessage.decode(msg.encode(), task_id="other", queue="elsewhere")
     assert (moved.id, moved.queue) == ("other", "elsewhere")
     assert attrs.evolve(moved, id=msg.id, queue=msg.queue) == msg
+
+
+_SHAPE = st.fixed_dictionaries(
+    {
+        "type": _TEXT.filter(bool),
+        "max_retry": st.integers(min_value=0, max_value=30),
+        "retried": st.sampled_from([0, 2]),
+        "last_error": st.sampled_from(["", 'boom "quoted" \\ \u00e9']),
+        "timeout": st.sampled_from([0, 30_000]),
+        "unique_key": st.sampled_from(["", 'q:t:"payload":"x']),
+        "group": st.sampled_from(["", "g"]),
+        "enqueued_at": st.sampled_from([0, 1_795_694_400_000]),
+        "headers": st.sampled_from([{}, {"trace": "x"}]),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shapes=st.lists(_SHAPE, min_size=1, max_size=3),
+    tasks=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=2), st.binary(max_size=40)), max_size=12
+    ),
+)
+def test_a_batch_encodes_each_message_as_encode_does(
+    shapes: list[dict[str, object]], tasks: list[tuple[int, bytes]]
+) -> None:
+    # encode_unaddressed reuses the bytes around the payload while the other
+    # fields stay the same; runs of equal shapes, changes of shape, headers
+    # and strings that look like the payload field must all come out as
+    # encode(addressed=False) would write them.
+    messages = [
+        TaskMessage(id=f"id{i}", queue="q", payload=payload, **shapes[k % len(shapes)])  # type: ignore[arg-type]
+        for i, (k, payload) in enumerate(tasks)
+    ]
+    assert taskq.task.encode_unaddressed(messages) == [m.encode(addressed=False) for m in messages]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [f.name for f in attrs.fields(TaskMessage) if f.name not in ("id", "queue", "payload")],
+)
+def test_a_batch_notices_a_change_in_any_one_field(field: str) -> None:
+    first = TaskMessage(id="a", type="t", queue="q", payload=b"1", enqueued_at=5)
+    changed = {
+        "type": "u",
+        "headers": {"k": "v"},
+        "max_retry": 3,
+        "retried": 1,
+        "last_error": "e",
+        "last_failed_at": 9,
+        "timeout": 7,
+        "deadline": 8,
+        "unique_key": "k",
+        "group": "g",
+        "retention": 6,
+        "enqueued_at": 4,
+        "completed_at": 3,
+    }
+    second = attrs.evolve(first, id="b", payload=b"2", **{field: changed[field]})
+    batch = [first, second, first]
+    assert taskq.task.encode_unaddressed(batch) == [m.encode(addressed=False) for m in batch]

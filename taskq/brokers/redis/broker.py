@@ -70,7 +70,7 @@ from taskq.errors import (
     TaskNotFoundError,
     TaskStateError,
 )
-from taskq.task import TaskInfo, TaskMessage, TaskState, truncate_error
+from taskq.task import TaskInfo, TaskMessage, TaskState, encode_unaddressed, truncate_error
 
 __all__ = ["RedisBroker"]
 
@@ -586,26 +586,24 @@ class RedisBroker:
         instead of six.
         """
         keys = self._keys_for("enqueue", queue)
-        args: list[Any] = [now, b"2"]
-        append = args.append
-        for i in chunk:
-            message, process_at, unique_ttl = items[i]
-            if process_at or unique_ttl or message.group:
-                break
-            append(message.id)
-            append(message.encode(addressed=False))
-        else:
+        chosen = [items[i] for i in chunk]
+        encoded = encode_unaddressed([message for message, _, _ in chosen])
+        if not any(
+            process_at or unique_ttl or message.group for message, process_at, unique_ttl in chosen
+        ):
+            args: list[Any] = [now, b"2", *([b""] * (2 * len(chosen)))]
+            args[2::2] = [message.id for message, _, _ in chosen]
+            args[3::2] = encoded
             return ("enqueue", keys, args)
         args = [now, b"6"]
         extend = args.extend
-        for i in chunk:
-            message, process_at, unique_ttl = items[i]
+        for (message, process_at, unique_ttl), data in zip(chosen, encoded, strict=True):
             # Numbers and empty strings already as bytes: they are sent as
             # they are instead of being converted one by one.
             extend(
                 (
                     message.id,
-                    message.encode(addressed=False),
+                    data,
                     b"%d" % process_at if process_at else b"0",
                     message.group or b"",
                     message.unique_key or b"",
