@@ -136,7 +136,7 @@ async def measure(url: str, port: int, n: int) -> dict[str, float]:
     )
     client = taskq.AsyncClient(url)
     sha, keys, args = await _enqueue_call(client)
-    head, tail = list(args[:1]), list(args[2:])  # ARGV: now, then id, message, ...
+    head, tail = list(args[:2]), list(args[3:])  # ARGV: now, layout, then id, message, ...
 
     def with_id(i: int) -> list[Any]:
         return [*head, f"rt-{i}", *tail]

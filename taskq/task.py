@@ -353,7 +353,8 @@ def encode_unaddressed(messages: Iterable[TaskMessage]) -> list[bytes]:
     """
     out: list[bytes] = []
     shape: tuple[object, ...] | None = None
-    prefix = suffix = b""
+    prefix: bytes | None = None
+    suffix = b""
     b64 = binascii.b2a_base64
     for m in messages:
         if m.headers:
@@ -374,7 +375,13 @@ def encode_unaddressed(messages: Iterable[TaskMessage]) -> list[bytes]:
             m.completed_at,
         )
         if key != shape:
-            shape = key
+            # The first of a shape is encoded on its own (a batch of one pays
+            # nothing extra); the bytes around the payload are cut out of it
+            # when a second message of the same shape follows.
+            shape, prefix = key, None
+            out.append(m.encode(addressed=False))
+            continue
+        if prefix is None:
             # With an empty payload the field reads "payload":"" and its quotes
             # are the only unescaped ones of that text: every string is escaped.
             whole = attrs.evolve(m, payload=b"").encode(addressed=False)
