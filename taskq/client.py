@@ -616,7 +616,9 @@ class AsyncClient:
 
         ``options`` apply to every task (as in :meth:`enqueue`). Each task is
         stored atomically on its own; the batch is not all-or-nothing. All tasks
-        are validated before anything is stored.
+        are validated before anything is stored. The clock is read once per
+        call: every task of it has the same ``enqueued_at`` (and ``process_in``
+        counts from that instant).
 
         Returns:
             per task, in order, its TaskInfo or the error that refused it
