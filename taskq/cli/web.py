@@ -15,15 +15,23 @@ import asyncio
 import importlib.util
 import ipaddress
 import os
+import signal
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from taskq.cli._common import EXIT_USAGE, CliError, broker_url, common_options
 from taskq.cli._parse import parse_positive_int
 from taskq.cli.dash import _check_broker
 
+if TYPE_CHECKING:
+    import uvicorn
+
 __all__ = ["LOOPBACK_NAMES", "add_parser", "is_loopback", "run_web"]
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 _EXTRA = ("starlette", "jinja2", "uvicorn")
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STARTUP_FAILURE = 3  # uvicorn's exit status when the server never started
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -178,7 +186,7 @@ def run_web(args: argparse.Namespace) -> int:
         flush=True,
     )
     logging.getLogger("taskq.web").setLevel(args.log_level.upper())  # changes are audited
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -186,4 +194,28 @@ def run_web(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         server_header=False,
     )
-    return 0
+    return _serve(uvicorn.Server(config))
+
+
+def _serve(server: uvicorn.Server) -> int:
+    """Run ``server`` until SIGINT / SIGTERM; 0 after a graceful shutdown.
+
+    While serving, uvicorn handles both signals itself (shut down gracefully;
+    a second SIGINT forces it). Afterwards it re-raises the signal to the
+    handler it found, which by default kills the process (SIGTERM, exit
+    status -15) or raises KeyboardInterrupt (SIGINT). The handler installed
+    here instead tells the server to exit, so the re-raised signal is a no-op
+    and a signal arriving before uvicorn installs its own still stops it.
+    The application's lifespan (which closes the broker) has run by then.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if server.started else _STARTUP_FAILURE

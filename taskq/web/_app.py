@@ -55,6 +55,8 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     secret_key: str | bytes | None = None,
     session_ttl: timedelta = timedelta(hours=12),
+    max_login_failures: int = 5,
+    login_failure_window: timedelta = timedelta(seconds=60),
 ) -> Starlette:
     """Build the web dashboard as an ASGI application.
 
@@ -82,6 +84,13 @@ def create_app(
         secret_key: the key signing session cookies (at least 16 bytes);
             None for a random one, so sessions end when the process does.
         session_ttl: how long a login lasts.
+        max_login_failures: failed logins (form or bearer token) one client
+            address may make within ``login_failure_window``; its further
+            attempts get a 429 with ``Retry-After`` until the oldest failure
+            leaves the window, and a successful login clears its count
+            (1 to 100; the last 10,000 addresses are remembered).
+        login_failure_window: the window those failures are counted in
+            (1 second to 1 day).
 
     Raises:
         InvalidArgumentError: an option is out of range.
@@ -95,6 +104,8 @@ def create_app(
         max_page_size=max_page_size,
         allowed_hosts=None if allowed_hosts is None else tuple(allowed_hosts),
         session_ttl=session_ttl,
+        max_login_failures=max_login_failures,
+        login_failure_window=login_failure_window,
     )
     if isinstance(secret_key, str):
         secret_key = secret_key.encode("utf-8")

@@ -2,7 +2,8 @@
 
 Each route's handler is wrapped by :meth:`Dashboard.endpoint`, the one place
 that decides, in this order: the session (every visitor gets one), whether
-the visitor is logged in (or sent a valid bearer token to ``/api``), whether
+the visitor is logged in (or sent a valid bearer token to ``/api``, unless
+its address is locked out by too many failed logins), whether
 a mutation is allowed (``read_only``) and carries the session's CSRF token.
 Handlers then only read parameters and call the inspector; taskq errors
 become HTTP statuses here too, with broker passwords scrubbed.
@@ -42,10 +43,12 @@ from taskq.web._security import (
     CSRF_FIELD,
     CSRF_HEADER,
     SESSION_COOKIE,
+    LoginLimiter,
     PasswordAuth,
     Session,
     Sessions,
     bearer_token,
+    client_address,
 )
 
 __all__ = [
@@ -69,6 +72,7 @@ log = logging.getLogger("taskq.web")
 MAX_BODY_BYTES: Final = 256 * 1024
 MAX_PAGE: Final = 100_000
 MAX_PAYLOAD_LENGTH: Final = 1 << 20
+MAX_LOGIN_FAILURES: Final = 100
 
 ROW_ACTIONS: Final[Mapping[TaskState, tuple[str, ...]]] = {
     TaskState.PENDING: ("archive", "delete"),
@@ -101,6 +105,8 @@ class Settings:
     max_page_size: int
     allowed_hosts: tuple[str, ...] | None
     session_ttl: timedelta
+    max_login_failures: int = 5
+    login_failure_window: timedelta = timedelta(seconds=60)
 
     def __attrs_post_init__(self) -> None:
         if self.auth is not None and not isinstance(self.auth, PasswordAuth):
@@ -114,6 +120,18 @@ class Settings:
         _bounded("default_page_size", self.default_page_size, 1, self.max_page_size)
         if not timedelta(minutes=1) <= self.session_ttl <= timedelta(days=30):
             raise errors.InvalidArgumentError("session_ttl must be from 1 minute to 30 days")
+        _bounded("max_login_failures", self.max_login_failures, 1, MAX_LOGIN_FAILURES)
+        window = self.login_failure_window
+        if not isinstance(window, timedelta) or not (
+            timedelta(seconds=1) <= window <= timedelta(days=1)
+        ):
+            raise errors.InvalidArgumentError(
+                "login_failure_window must be a timedelta from 1 second to 1 day"
+            )
+
+
+def _login_kind(username: str | None) -> str:
+    return "login" if username is not None else "bearer token login"
 
 
 def _bounded(name: str, value: object, low: int, high: int) -> None:
@@ -122,12 +140,13 @@ def _bounded(name: str, value: object, low: int, high: int) -> None:
 
 
 class HttpError(Exception):
-    """Answer the request with ``status`` and a one-line ``message``."""
+    """Answer the request with ``status``, a one-line ``message`` and extra ``headers``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
 def _status_for(exc: errors.TaskqError) -> int:
@@ -298,6 +317,9 @@ class Dashboard:
         self.settings = settings
         self.sessions = Sessions(secret, int(settings.session_ttl.total_seconds()))
         self.templates = Templates()
+        self.login_limiter = LoginLimiter(
+            settings.max_login_failures, settings.login_failure_window.total_seconds()
+        )
         self._inspector: AsyncInspector | None = None
         if isinstance(source, str) or source is None:
             self._url: str | None = source or os.environ.get("TASKQ_BROKER") or DEFAULT_BROKER_URL
@@ -344,7 +366,7 @@ class Dashboard:
             try:
                 response = await self._guarded(visit, handler, mutation, public)
             except HttpError as exc:
-                response = self.error(visit, exc.status, exc.message)
+                response = self.error(visit, exc.status, exc.message, exc.headers)
             except errors.TaskqError as exc:
                 response = self.error(visit, _status_for(exc), self.scrub(exc))
             self.finish(visit, response)
@@ -382,9 +404,57 @@ class Dashboard:
         if visit.api:
             token = bearer_token(visit.request.headers.get("authorization"))
             if token is not None:
+                self.refuse_if_locked_out(visit, None)
                 visit.bearer = auth.check_token(token)
+                self.count_login(visit, None, visit.bearer)
                 return visit.bearer
         return visit.session.user is not None and visit.session.user == auth.username
+
+    def refuse_if_locked_out(self, visit: Visit, username: str | None) -> None:
+        """Refuse a login attempt from an address with too many recent failures.
+
+        Called before any password is checked; a refusal is audited with the
+        client address.
+
+        Args:
+            username: the username typed in the login form, None for a
+                bearer token (which has none).
+
+        Raises:
+            HttpError: (429, with ``Retry-After``) the address is locked out.
+        """
+        address = client_address(visit.request.scope)
+        wait = self.login_limiter.retry_after(address)
+        if wait is None:
+            return
+        self.audit(
+            visit,
+            f"refused {_login_kind(username)} (too many failures)",
+            what=[] if username is None else [username],
+            client=address,
+        )
+        raise HttpError(
+            429,
+            f"too many failed logins; try again in {wait} second{'' if wait == 1 else 's'}",
+            {"retry-after": str(wait)},
+        )
+
+    def count_login(self, visit: Visit, username: str | None, ok: bool) -> None:
+        """Record a login attempt's outcome: a success clears the address, a failure counts.
+
+        Args:
+            username: the username typed in the login form, None for a bearer token.
+            ok: whether the credentials were right.
+        """
+        address = client_address(visit.request.scope)
+        if ok:
+            self.login_limiter.succeeded(address)
+            return
+        self.login_limiter.failed(address)
+        if username is None:
+            self.audit(visit, f"failed {_login_kind(None)}", client=address)
+        else:
+            self.audit(visit, "failed login", what=[username])
 
     def start_session(self, visit: Visit, user: str | None) -> None:
         """Replace the visitor's session by a fresh one (at login and logout)."""
@@ -426,9 +496,16 @@ class Dashboard:
         """Render ``template`` for ``visit``."""
         return self.templates.render(template, self.context(visit, **values), status_code)
 
-    def error(self, visit: Visit, status: int, message: str) -> Response:
+    def error(
+        self,
+        visit: Visit,
+        status: int,
+        message: str,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> Response:
         """An error response: JSON under ``/api``, else an HTML page."""
-        headers = {"www-authenticate": 'Bearer realm="taskq"'} if status == 401 else None
+        headers = {"www-authenticate": 'Bearer realm="taskq"'} if status == 401 else {}
+        headers.update(extra_headers or {})
         if visit.api:
             return SafeJSONResponse({"error": message}, status_code=status, headers=headers)
         response = self.render(visit, "error.html", status, status=status, message=message)
@@ -437,10 +514,19 @@ class Dashboard:
         return response
 
     def audit(
-        self, visit: Visit, action: str, queue: str | None = None, what: Iterable[object] = ()
+        self,
+        visit: Visit,
+        action: str,
+        queue: str | None = None,
+        what: Iterable[object] = (),
+        client: str | None = None,
     ) -> None:
-        """Log a change (never payloads; names with %r so no line can be forged)."""
+        """Log a change or a login event (never payloads nor passwords).
+
+        Names and the client address are shown with %r so no line can be forged.
+        """
         who = visit.session.user or ("bearer" if visit.bearer else "-")
+        source = f" from {client!r}" if client is not None else ""
         where = f" in queue {queue!r}" if queue is not None else ""
         detail = ", ".join(repr(w) for w in what)
-        log.info("%s by %s%s%s", action, who, where, f": {detail}" if detail else "")
+        log.info("%s by %s%s%s%s", action, who, source, where, f": {detail}" if detail else "")

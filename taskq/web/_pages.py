@@ -201,14 +201,20 @@ class Pages:
         return self.dash.render(visit, "login.html", failed=False, notice=self._notice(visit))
 
     async def login(self, visit: Visit) -> Response:
-        """Check the credentials; on success start a new, logged-in session."""
+        """Check the credentials; on success start a new, logged-in session.
+
+        An address with too many recent failures gets a 429 instead, whatever
+        it sends (see :class:`~taskq.web._security.LoginLimiter`).
+        """
         auth = self.dash.settings.auth
         if auth is None:
             return visit.redirect("/")
         username = visit.body.get("username") or ""
+        self.dash.refuse_if_locked_out(visit, username)
         password = visit.body.get("password") or ""
-        if not auth.check(username, password):
-            self.dash.audit(visit, "failed login", what=[username])
+        ok = auth.check(username, password)
+        self.dash.count_login(visit, username, ok)
+        if not ok:
             return self.dash.render(visit, "login.html", 401, failed=True, notice=None)
         self.dash.start_session(visit, auth.username)
         return visit.redirect("/")

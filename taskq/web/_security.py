@@ -7,6 +7,9 @@
   session id, the user and the expiry; ``HttpOnly``, ``SameSite=Strict``), so
   nothing is kept on the server. Every visitor gets one, logged in or not,
   because the CSRF token of every form is derived from it.
+* :class:`LoginLimiter`: counts failed logins (form or bearer token) per
+  client address and refuses further attempts from an address with too many
+  recent failures, in bounded memory.
 * :class:`SecurityHeaders`: an ASGI middleware that refuses unknown ``Host``
   headers (DNS rebinding against a dashboard on 127.0.0.1) and adds a strict
   Content-Security-Policy and its companions to every response.
@@ -18,10 +21,12 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import time
-from collections.abc import Iterable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
 
@@ -33,16 +38,19 @@ from taskq.errors import InvalidArgumentError
 __all__ = [
     "CSRF_FIELD",
     "CSRF_HEADER",
+    "MAX_TRACKED_ADDRESSES",
     "PASSWORD_ENV",
     "SECRET_ENV",
     "SECURITY_HEADERS",
     "SESSION_COOKIE",
     "USERNAME_ENV",
+    "LoginLimiter",
     "PasswordAuth",
     "SecurityHeaders",
     "Session",
     "Sessions",
     "bearer_token",
+    "client_address",
     "read_secret_file",
 ]
 
@@ -54,6 +62,8 @@ USERNAME_ENV: Final = "TASKQ_WEB_USERNAME"
 SECRET_ENV: Final = "TASKQ_WEB_SECRET"
 DEFAULT_USERNAME: Final = "admin"
 _MAX_SECRET_FILE: Final = 4096
+MAX_TRACKED_ADDRESSES: Final = 10_000
+"""How many client addresses a :class:`LoginLimiter` remembers by default."""
 
 SECURITY_HEADERS: Final[tuple[tuple[str, str], ...]] = (
     (
@@ -162,6 +172,113 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+def client_address(scope: Scope) -> str:
+    """The address of the client of an HTTP request, ``"unknown"`` when the server gives none.
+
+    Behind a reverse proxy this is the proxy's address unless the server
+    rewrites it from ``X-Forwarded-For`` (uvicorn does for trusted proxies).
+    """
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class LoginLimiter:
+    """Refuse logins from an address after ``max_failures`` failures within ``window`` seconds.
+
+    Each address keeps the times of its last ``max_failures`` failures. Once
+    that many fall within the window, :meth:`retry_after` says how long until
+    the oldest leaves it; attempts refused meanwhile are not failures (their
+    password is never checked), so they do not extend the lockout. A success
+    forgets the address. At most ``max_addresses`` addresses are remembered:
+    a new one evicts the one whose last failure is oldest, so memory stays
+    bounded whatever the number of clients. Not thread-safe: the dashboard
+    uses it from its event loop only, with no ``await`` inside a method.
+
+    Args:
+        max_failures: failed attempts allowed within the window (at least 1).
+        window: the window in seconds (more than 0).
+        max_addresses: how many addresses are remembered (at least 1).
+        clock: monotonic seconds; :attr:`clock` may be replaced in tests.
+
+    Raises:
+        InvalidArgumentError: an argument is out of range.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window: float = 60.0,
+        *,
+        max_addresses: int = MAX_TRACKED_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
+            raise InvalidArgumentError("max_failures must be an int of at least 1")
+        if not window > 0:
+            raise InvalidArgumentError("the login failure window must be more than 0 seconds")
+        if (
+            isinstance(max_addresses, bool)
+            or not isinstance(max_addresses, int)
+            or max_addresses < 1
+        ):
+            raise InvalidArgumentError("max_addresses must be an int of at least 1")
+        self.max_failures = max_failures
+        self.window = float(window)
+        self.max_addresses = max_addresses
+        self.clock = clock
+        # address -> times of its last failures, least recently failing address first
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """How many addresses are remembered."""
+        return len(self._failures)
+
+    def retry_after(self, address: str) -> int | None:
+        """Whole seconds until ``address`` may try again, or None when it may now."""
+        now = self.clock()
+        times = self._recent(address, now)
+        if times is None or len(times) < self.max_failures:
+            return None
+        return max(1, math.ceil(times[0] + self.window - now))
+
+    def failed(self, address: str) -> None:
+        """Count a failed attempt from ``address``."""
+        now = self.clock()
+        self._forget_expired(now)
+        times = self._recent(address, now)
+        if times is None:
+            times = self._failures[address] = deque(maxlen=self.max_failures)
+            while len(self._failures) > self.max_addresses:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(address)
+        times.append(now)
+
+    def succeeded(self, address: str) -> None:
+        """Forget the failures of ``address`` (it logged in)."""
+        self._failures.pop(address, None)
+
+    def _recent(self, address: str, now: float) -> deque[float] | None:
+        """The failure times of ``address`` still within the window, or None if none."""
+        times = self._failures.get(address)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._failures[address]
+            return None
+        return times
+
+    def _forget_expired(self, now: float) -> None:
+        """Drop addresses whose last failure left the window (they are first in order)."""
+        while self._failures:
+            times = next(iter(self._failures.values()))
+            if times and times[-1] > now - self.window:
+                return
+            self._failures.popitem(last=False)
 
 
 @attrs.frozen
