@@ -640,7 +640,8 @@ class AsyncClient:
             await asyncio.sleep(0)
             predicted = self._predicted_infos(plans)
         except BaseException:
-            storing.cancel()
+            if not storing.cancel() and not storing.cancelled():
+                storing.exception()  # already over: retrieved, the caller's error wins
             raise
         return self._infos(plans, await storing, predicted)
 
@@ -654,12 +655,12 @@ class AsyncClient:
         Hooks may change any task, so with hooks each task takes the general path.
         """
         shared = _Shared(options) if options else _NO_OPTIONS
-        if self._hooks:
-            return [self._plan_with(task, shared) for task in tasks]
         tasks = tasks if isinstance(tasks, list) else list(tasks)
         if not tasks:
             return []
         now = self._clock.now_ms()
+        if self._hooks:
+            return [self._plan_with(task, shared, now) for task in tasks]
         plans: list[_Plan] = []
         append = plans.append
         ids: list[str] | None = None

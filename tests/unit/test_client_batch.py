@@ -80,7 +80,8 @@ async def test_a_batch_stores_the_messages_one_by_one_enqueues_store(
         assert _stored(many_broker, have) == attrs.evolve(_stored(one_broker, want), **same_id)
 
 
-async def test_every_task_of_one_call_is_stamped_with_one_clock_reading() -> None:
+@pytest.mark.parametrize("hooked", [False, True], ids=["plain", "with a hook"])
+async def test_every_task_of_one_call_is_stamped_with_one_clock_reading(hooked: bool) -> None:
     class Ticking(FakeClock):
         def now_ms(self) -> int:
             self.advance(1)  # a millisecond passes at every reading
@@ -88,7 +89,10 @@ async def test_every_task_of_one_call_is_stamped_with_one_clock_reading() -> Non
 
     clock = Ticking(T0)
     client = AsyncClient(InMemoryBroker(clock=FakeClock(T0)), clock=clock)
-    infos = await client.enqueue_many([Task("t", b"%d" % i) for i in range(100)])
+    if hooked:
+        client.use(lambda task: task)  # hooks send every task down the general path
+    tasks = [Task("t", b"%d" % i) for i in range(100)] + [Task("t", b"own", max_retry=1)]
+    infos = await client.enqueue_many(tasks)
     stamps = {info.enqueued_at for info in infos if isinstance(info, TaskInfo)}
     assert len(stamps) == 1
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -17,8 +16,8 @@ from taskq.errors import InvalidArgumentError
 from taskq.testing import FakeClock
 from taskq.web import PasswordAuth, create_app
 from taskq.web._security import MAX_TRACKED_ADDRESSES, LoginLimiter
+from tests.unit.test_web import PASSWORD, login as form_login
 
-PASSWORD = "correct horse battery staple"
 WRONG = "Wrong-Canary-93b1e2"
 ALICE = ("203.0.113.1", 40001)
 BOB = ("203.0.113.2", 40002)
@@ -43,16 +42,9 @@ def alice(app: Starlette) -> Iterator[TestClient]:
 
 
 def login(client: TestClient, password: str = PASSWORD, username: str = "admin") -> Any:
-    """POST the login form as a browser does (a fresh session's CSRF token)."""
+    """POST the login form as a browser does, from a fresh session (no cookies)."""
     client.cookies.clear()
-    form = client.get("/login").text
-    token = re.search(r'name="csrf_token" value="([^"]+)"', form)
-    assert token is not None
-    return client.post(
-        "/login",
-        data={"csrf_token": token.group(1), "username": username, "password": password},
-        follow_redirects=False,
-    )
+    return form_login(client, username, password)
 
 
 def fail(client: TestClient, times: int, clock: FakeClock, every: float = 1.0) -> None:
