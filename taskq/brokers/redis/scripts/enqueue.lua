@@ -56,6 +56,7 @@ if stride == 2 then
     end
   end
 end
+-- The full layout (this loop runs no step for layout "2").
 for i = 3, stride == 6 and #ARGV or 0, 6 do
   n = n + 1
   local id, message, group, ukey = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 4]
