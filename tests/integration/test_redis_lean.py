@@ -10,6 +10,7 @@ failures become the same taskq errors as through redis-py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 import traceback
@@ -368,6 +369,134 @@ async def test_a_forked_child_does_not_reuse_the_parents_socket(broker: RedisBro
         assert not parent_conn._transport.is_closing(), "the parent's socket is left alone"
     finally:
         parent_conn._writer.close()
+
+
+async def test_max_connections_two_holds_the_shared_connection_and_one_wait_and_refuses_a_second(
+    redis_server: RedisServer | ExternalRedis,
+) -> None:
+    redis_server.flushall()
+    broker = RedisBroker.from_url(f"{redis_server.url}?max_connections=2")
+    try:
+        await broker.enqueue(_message("t1", "other"))
+        lane = _lane(broker)
+        waiting = asyncio.ensure_future(broker.dequeue(["q"], count=1, lease=LEASE, wait=10_000))
+        await _until(lambda: lane.connections == 2, "the wait holds a connection of its own")
+        with pytest.raises(BrokerConnectionError, match="Too many connections"):
+            await broker.dequeue(["r"], count=1, lease=LEASE, wait=5_000)
+        assert lane._open == 2, "a refused connect takes no slot"
+        await broker.enqueue(_message("wanted"))  # the shared connection goes on
+        (delivery,) = await asyncio.wait_for(waiting, 5)
+        assert delivery.message.id == "wanted"
+        assert await broker.dequeue(["r"], count=1, lease=LEASE, wait=50) == []
+        assert lane._open == 2 and lane.connections == 2, "the next wait reuses the idle one"
+    finally:
+        await broker.close()
+    assert lane._open == 0
+
+
+async def test_reconnecting_after_killed_connections_never_uses_up_max_connections_one(
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    server = redis_server_factory()
+    broker = RedisBroker.from_url(f"{server.url}?max_connections=1")
+    try:
+        for n in range(4):
+            await broker.enqueue(_message(f"before-kill-{n}"))
+            server.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            with contextlib.suppress(BrokerConnectionError):
+                await broker.enqueue(_message(f"after-kill-{n}"))  # may fail: its socket was killed
+        await broker.enqueue(_message("last"))
+        lane = _lane(broker)
+        assert lane._open == 1 and lane.connections == 1
+        assert (await broker.get_task("q", "last")).id == "last"
+    finally:
+        await broker.close()
+
+
+async def test_killed_wait_connections_are_replaced_within_max_connections_two(
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    server = redis_server_factory()
+    broker = RedisBroker.from_url(f"{server.url}?max_connections=2")
+    lane = _lane(broker)
+    try:
+        for n in range(4):
+            await broker.enqueue(_message(f"t{n}", "other"))
+            assert await broker.dequeue(["q"], count=1, lease=LEASE, wait=20) == []
+            server.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+            await _until(lambda: lane._open == 0, "both killed connections are given back")
+        assert await broker.dequeue(["q"], count=1, lease=LEASE, wait=20) == []
+        await broker.enqueue(_message("last"))
+        assert lane._open == 2
+    finally:
+        await broker.close()
+
+
+async def test_failed_connects_to_a_stopped_server_keep_no_slot(
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    server = redis_server_factory()
+    broker = RedisBroker.from_url(f"{server.url}?max_connections=1")
+    try:
+        await broker.enqueue(_message("before"))
+        lane = _lane(broker)
+        server.kill()
+        for n in range(3):
+            with pytest.raises(BrokerConnectionError):
+                await broker.enqueue(_message(f"down-{n}"))
+            assert lane._open == 0
+        await asyncio.to_thread(server.start)
+        await broker.enqueue(_message("after"))
+        assert lane._open == 1
+    finally:
+        await broker.close()
+
+
+async def test_a_connect_cancelled_midway_gives_its_slot_back(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await broker.enqueue(_message("t1"))
+    lane = _lane(broker)
+    assert lane._open == 1
+    entered, never = asyncio.Event(), asyncio.Event()
+
+    async def hang() -> tuple[asyncio.StreamWriter, asyncio.Transport, str]:
+        entered.set()
+        await never.wait()
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(lane, "_connect_with_redis_py", hang)
+    waiting = asyncio.ensure_future(broker.dequeue(["empty"], count=1, lease=LEASE, wait=5_000))
+    await asyncio.wait_for(entered.wait(), 5)
+    assert lane._open == 2, "a connection being made counts"
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    assert lane._open == 1
+
+
+async def test_a_forked_child_counts_its_connections_anew(
+    redis_server: RedisServer | ExternalRedis,
+) -> None:
+    redis_server.flushall()
+    broker = RedisBroker.from_url(f"{redis_server.url}?max_connections=2")
+    lane = _lane(broker)
+    try:
+        await broker.enqueue(_message("t1"))
+        assert await broker.dequeue(["empty"], count=1, lease=LEASE, wait=20) == []
+        parent_conns = [lane._shared, *lane._blocking]
+        assert lane._open == 2
+        _lean._forked()  # what os.fork() runs in the child
+        await broker.enqueue(_message("t2"))
+        assert await broker.dequeue(["empty"], count=1, lease=LEASE, wait=20) == []
+        assert lane._open == 2, "the parent's two connections are not the child's"
+        for conn in parent_conns:
+            assert conn is not None
+            conn._writer.close()  # the parent's sockets, closed here only to end the test
+        assert lane._open == 2
+    finally:
+        await broker.close()
+    assert lane._open == 0
 
 
 async def test_a_sentinel_broker_uses_the_lean_lane(redis_sentinel: RedisSentinel) -> None:

@@ -57,6 +57,19 @@ async def test_a_fakeredis_broker_runs_its_scripts_through_redis_py() -> None:
     await broker.close()
 
 
+async def test_a_failed_connect_never_keeps_a_slot_of_max_connections() -> None:
+    client = redis.asyncio.Redis.from_url("redis://127.0.0.1:1/0?max_connections=1")
+    lane = Lane.for_client(client)
+    assert lane is not None and lane._max == 1
+    for _ in range(3):
+        with pytest.raises(redis.exceptions.ConnectionError) as caught:
+            await lane.call("PING")
+        assert not isinstance(caught.value, redis.exceptions.MaxConnectionsError)
+        assert lane._open == 0
+    await lane.aclose()
+    await client.aclose()
+
+
 # -- the blocking lane of the sync Client (taskq.brokers.redis._lean_sync)
 
 

@@ -11,9 +11,12 @@ What it does not do: connection set-up. Each connection is made by the
 redis-py client's own pool (``make_connection()`` + ``connect()``: TCP, unix
 socket or TLS, AUTH, SELECT, CLIENT SETNAME, Sentinel master discovery), and
 only then taken over: its transport is switched to a :class:`_Connection`
-protocol. Replies are raw (no redis-py response callbacks), so the lane
-only carries commands whose raw replies the broker reads: scripts, BLPOP
-and the few plain commands of ``RedisBroker._command``.
+protocol. redis-py's pool does not count connections it did not lend, so the
+lane counts its own against the pool's ``max_connections`` (as the blocking
+lane does): a client built with ``?max_connections=N`` holds at most N lane
+connections at once. Replies are raw (no redis-py response callbacks), so
+the lane only carries commands whose raw replies the broker reads: scripts,
+BLPOP and the few plain commands of ``RedisBroker._command``.
 
 Invariants:
 
@@ -31,6 +34,12 @@ Invariants:
 * ``socket_timeout`` is enforced by one watchdog timer per connection (no
   per-call timer): a call fails between one and two timeouts after it was
   sent, never earlier.
+* A connection counts against ``max_connections`` from the moment it is
+  being made until it closes, is lost or is forgotten after a fork (the
+  moment its ``closed`` turns true), so a replaced shared connection never
+  uses up the limit. One over the limit is refused with
+  ``redis.exceptions.MaxConnectionsError`` (a ConnectionError), not waited
+  for. The count is a plain integer: a lane runs on one event loop.
 * A lane belongs to one event loop (the :class:`~taskq.brokers.redis.client.Connector`
   keeps one per loop); after ``fork()`` a child never touches the parent's
   sockets. Writes are not flow-controlled: every caller awaits its reply, so
@@ -117,6 +126,7 @@ class _Connection(asyncio.Protocol):
         address: str,
         timeout: float | None,
         demote_readonly: bool,
+        on_close: Callable[[], None],
     ) -> None:
         self._writer = writer  # kept alive: a collected StreamWriter closes its transport
         self._transport = writer.transport
@@ -127,6 +137,7 @@ class _Connection(asyncio.Protocol):
         self._pending: collections.deque[asyncio.Future[Any] | _Batch] = collections.deque()
         self._address = address
         self._demote_readonly = demote_readonly
+        self._on_close = on_close
         self.closed = False
         self.sent = 0
         self._received = 0
@@ -209,7 +220,9 @@ class _Connection(asyncio.Protocol):
         self._fail(redis.exceptions.ConnectionError("the connection belongs to the parent process"))
 
     def _fail(self, error: Exception) -> None:
-        self.closed = True
+        if not self.closed:
+            self.closed = True
+            self._on_close()
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
@@ -276,6 +289,8 @@ class Lane:
         self._retry: Any = None
         self._generation = _fork_generation
         self._closed = False
+        self._max: int = getattr(self._pool, "max_connections", None) or 2**31
+        self._open = 0  # connections being made or made and not closed yet
 
     @classmethod
     def for_client(cls, client: object) -> Lane | None:
@@ -401,9 +416,10 @@ class Lane:
 
     def _check_fork(self) -> None:
         if self._generation != _fork_generation:
+            self._generation = _fork_generation
+            self._open = 0  # the parent's connections: its count, not ours
             for conn in self._take_all():
                 conn.abandon()
-            self._generation = _fork_generation
 
     async def _shared_connection(self) -> _Connection:
         self._check_fork()
@@ -420,11 +436,47 @@ class Lane:
 
         Raises:
             _Unusable: redis-py's connection does not look as expected.
+            redis.exceptions.MaxConnectionsError: ``max_connections`` are open.
         """
         if self.unusable:
             raise _Unusable
         if self._closed:
             raise redis.exceptions.ConnectionError(_CLOSED_BY_BROKER)
+        if self._open >= self._max:
+            raise redis.exceptions.MaxConnectionsError("Too many connections")
+        self._open += 1
+        generation = self._generation
+        try:
+            writer, transport, address = await self._connect_with_redis_py()
+        except BaseException:
+            self._closed_one(generation)
+            raise
+        conn = _Connection(
+            writer,
+            address,
+            self._timeout,
+            self._demote_readonly,
+            lambda: self._closed_one(generation),
+        )
+        transport.set_protocol(conn)
+        if not transport.is_reading():
+            transport.resume_reading()
+        if self._closed:  # closed while connecting
+            conn.close()
+            raise redis.exceptions.ConnectionError(_CLOSED_BY_BROKER)
+        return conn
+
+    def _closed_one(self, generation: int) -> None:
+        """A connection made in ``generation`` closed: it no longer counts (a child counts anew)."""
+        if generation == self._generation:
+            self._open -= 1
+
+    async def _connect_with_redis_py(self) -> tuple[asyncio.StreamWriter, asyncio.Transport, str]:
+        """A connection made and set up by redis-py: its writer and transport (ours now), address.
+
+        Raises:
+            _Unusable: redis-py's connection does not look as expected.
+        """
         made: Any = self._pool.make_connection()  # type: ignore[no-untyped-call]
         await made.connect()
         self._retry = getattr(made, "retry", None)
@@ -445,15 +497,8 @@ class Lane:
             raise _Unusable
         host_error = getattr(made, "_host_error", None)
         address = str(host_error()) if callable(host_error) else "redis"
-        conn = _Connection(writer, address, self._timeout, self._demote_readonly)
-        transport.set_protocol(conn)
-        if not transport.is_reading():
-            transport.resume_reading()
         made._reader = made._writer = None  # ours now: redis-py must not close it
-        if self._closed:  # closed while connecting
-            conn.close()
-            raise redis.exceptions.ConnectionError(_CLOSED_BY_BROKER)
-        return conn
+        return writer, transport, address
 
     async def _call_again(self, data: bytes) -> Any:
         return await (await self._shared_connection()).send(data)
