@@ -7,11 +7,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
 import taskq
+from taskq.inspector import ServerInfo, WorkerInfo
 from taskq_prometheus._redact import scrub
 
 __all__ = ["STATES", "TaskqCollector", "register"]
@@ -31,6 +33,36 @@ class _Snapshot:
     active_workers: int
     concurrency: int
     scheduler_entries: int
+    running: Sequence[_Running] = ()
+
+
+@dataclass(frozen=True)
+class _Running:
+    """The attempts live servers are running for one queue."""
+
+    queue: str
+    count: int
+    oldest_seconds: float
+    overdue: int
+
+
+def _running(
+    queues: Sequence[str], servers: Sequence[ServerInfo], now: datetime
+) -> tuple[_Running, ...]:
+    """Per queue (every listed one, then any other a server runs), its running attempts."""
+    workers: dict[str, list[WorkerInfo]] = {name: [] for name in queues}
+    for server in servers:
+        for worker in server.active_workers:
+            workers.setdefault(worker.queue, []).append(worker)
+    return tuple(
+        _Running(
+            queue,
+            len(running),
+            max(((now - w.started_at).total_seconds() for w in running), default=0.0),
+            sum(1 for w in running if w.deadline is not None and w.deadline < now),
+        )
+        for queue, running in workers.items()
+    )
 
 
 @dataclass(frozen=True)
@@ -61,6 +93,8 @@ class TaskqCollector:
             (as :class:`taskq.Inspector` resolves it).
         cache_ttl: seconds a read is reused (0: read on every scrape).
         clock: monotonic seconds, for the cache (tests pass their own).
+        now: the current time (aware), for how long running attempts have
+            been running; the broker's servers stamp them with their clock.
 
     Raises:
         ValueError: ``cache_ttl`` is negative.
@@ -73,6 +107,7 @@ class TaskqCollector:
         *,
         cache_ttl: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
     ) -> None:
         if cache_ttl < 0:
             raise ValueError(f"cache_ttl must be >= 0, got {cache_ttl!r}")
@@ -85,6 +120,7 @@ class TaskqCollector:
             self._owns_inspector = True
         self._cache_ttl = cache_ttl
         self._clock = clock
+        self._now = now
         self._lock = threading.Lock()
         self._last: _Read | None = None
         self._errors = 0
@@ -154,6 +190,7 @@ class TaskqCollector:
             active_workers=sum(len(s.active_workers) for s in servers),
             concurrency=sum(s.concurrency for s in servers),
             scheduler_entries=len(entries),
+            running=_running([q.queue for q in queues], servers, self._now()),
         )
 
     def _log_failure(self, exc: Exception) -> None:
@@ -224,6 +261,19 @@ class _Families:
         self.scheduler_entries = GaugeMetricFamily(
             "taskq_scheduler_entries", "Periodic-task entries of live schedulers."
         )
+        self.running = GaugeMetricFamily(
+            "taskq_running_tasks", "Attempts live servers are running now.", labels=q
+        )
+        self.running_oldest = GaugeMetricFamily(
+            "taskq_running_oldest_seconds",
+            "How long the longest-running attempt has been running (0 when none).",
+            labels=q,
+        )
+        self.running_overdue = GaugeMetricFamily(
+            "taskq_running_overdue_tasks",
+            "Running attempts past their timeout or deadline (e.g. a sync handler ignoring it).",
+            labels=q,
+        )
 
     def fill(self, snapshot: _Snapshot) -> None:
         for info in snapshot.queues:
@@ -243,6 +293,11 @@ class _Families:
         self.active_workers.add_metric([], snapshot.active_workers)
         self.concurrency.add_metric([], snapshot.concurrency)
         self.scheduler_entries.add_metric([], snapshot.scheduler_entries)
+        for running in snapshot.running:
+            labels = [running.queue]
+            self.running.add_metric(labels, running.count)
+            self.running_oldest.add_metric(labels, running.oldest_seconds)
+            self.running_overdue.add_metric(labels, running.overdue)
 
     def all(self) -> list[Metric]:
         return [
@@ -262,6 +317,9 @@ class _Families:
             self.active_workers,
             self.concurrency,
             self.scheduler_entries,
+            self.running,
+            self.running_oldest,
+            self.running_overdue,
         ]
 
 
