@@ -43,7 +43,6 @@ class _Running:
     queue: str
     count: int
     oldest_seconds: float
-    overdue: int
 
 
 def _running(
@@ -59,7 +58,6 @@ def _running(
             queue,
             len(running),
             max(((now - w.started_at).total_seconds() for w in running), default=0.0),
-            sum(1 for w in running if w.deadline is not None and w.deadline < now),
         )
         for queue, running in workers.items()
     )
@@ -269,11 +267,6 @@ class _Families:
             "How long the longest-running attempt has been running (0 when none).",
             labels=q,
         )
-        self.running_overdue = GaugeMetricFamily(
-            "taskq_running_overdue_tasks",
-            "Running attempts past their timeout or deadline (e.g. a sync handler ignoring it).",
-            labels=q,
-        )
 
     def fill(self, snapshot: _Snapshot) -> None:
         for info in snapshot.queues:
@@ -297,7 +290,6 @@ class _Families:
             labels = [running.queue]
             self.running.add_metric(labels, running.count)
             self.running_oldest.add_metric(labels, running.oldest_seconds)
-            self.running_overdue.add_metric(labels, running.overdue)
 
     def all(self) -> list[Metric]:
         return [
@@ -319,7 +311,6 @@ class _Families:
             self.scheduler_entries,
             self.running,
             self.running_oldest,
-            self.running_overdue,
         ]
 
 

@@ -214,7 +214,7 @@ def test_fleet_counts_servers_busy_workers_concurrency_and_scheduler_entries(
     assert scrape("taskq_scheduler_entries") == 3
 
 
-def test_running_attempts_per_queue_with_the_longest_running_and_the_overdue(
+def test_running_attempts_per_queue_with_the_longest_running(
     broker: CountingBroker, client: taskq.Client, clock: FakeClock
 ) -> None:
     # From the same servers() read as taskq_active_workers: no extra broker call.
@@ -222,7 +222,7 @@ def test_running_attempts_per_queue_with_the_longest_running_and_the_overdue(
     client.enqueue(task(), queue="idle")
     now = clock.now_ms()
     workers = [
-        base.WorkerInfo("a", "email:send", "emails", now - 90_000, now - 1_000),  # overdue
+        base.WorkerInfo("a", "email:send", "emails", now - 90_000, now + 1_000),
         base.WorkerInfo("b", "email:send", "emails", now - 5_000, now + 60_000),
         base.WorkerInfo("c", "report", "unlisted", now - 2_000, 0),  # no deadline
     ]
@@ -236,10 +236,8 @@ def test_running_attempts_per_queue_with_the_longest_running_and_the_overdue(
     collector.close()
     assert scrape("taskq_running_tasks", queue="emails") == 2
     assert scrape("taskq_running_oldest_seconds", queue="emails") == 90
-    assert scrape("taskq_running_overdue_tasks", queue="emails") == 1
     assert scrape("taskq_running_tasks", queue="unlisted") == 1
     assert scrape("taskq_running_oldest_seconds", queue="unlisted") == 2
-    assert scrape("taskq_running_overdue_tasks", queue="unlisted") == 0
     assert scrape("taskq_running_tasks", queue="idle") == 0
     assert scrape("taskq_running_oldest_seconds", queue="idle") == 0
 
@@ -392,7 +390,6 @@ def test_the_exposition_uses_the_documented_names_and_labels(
         "taskq_scheduler_entries 0.0",
         'taskq_running_tasks{queue="emails"} 0.0',
         'taskq_running_oldest_seconds{queue="emails"} 0.0',
-        'taskq_running_overdue_tasks{queue="emails"} 0.0',
     ]:
         assert line in text.splitlines(), line
     types = {family.name: family.type for family in registry.collect()}
