@@ -568,6 +568,17 @@ class RedisCluster:
     Built with ``redis-cli --cluster create ... --cluster-replicas N
     --cluster-yes``; ``cluster-node-timeout`` defaults to 2000 ms so a
     failover takes a few seconds.
+
+    Args:
+        launcher: where the nodes run (see :func:`find_launcher`).
+        workdir: the parent of the nodes' directories.
+        masters: how many masters.
+        replicas: replicas per master.
+        node_timeout: ``cluster-node-timeout`` in milliseconds.
+        tls: serve TLS only on every node, with TLS on the cluster bus and
+            for replication too (``tls-cluster``, ``tls-replication``).
+        users: ACL users on every node (the default user stays open to
+            the admin connections and ``redis-cli``).
     """
 
     def __init__(
@@ -578,23 +589,58 @@ class RedisCluster:
         masters: int = 3,
         replicas: int = 1,
         node_timeout: int = 2000,
+        tls: TLSFiles | None = None,
+        users: Sequence[RedisUser] = (),
     ) -> None:
         self.launcher = launcher
         self.replicas = replicas
+        self.tls = tls
+        self.users = tuple(users)
         cluster_conf = [
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",
             f"cluster-node-timeout {node_timeout}",
         ]
+        if tls is not None:
+            # A node's outgoing bus and replication links present a certificate
+            # to the peer, which checks it as a client's: the client pair, not
+            # the server one (made for serverAuth only).
+            cluster_conf += [
+                "tls-cluster yes",
+                "tls-replication yes",
+                f"tls-client-cert-file {tls.client_cert}",
+                f"tls-client-key-file {tls.client_key}",
+            ]
         self.nodes = [
-            RedisServer(launcher, workdir / f"node{i}", config=cluster_conf, cluster_bus=True)
+            RedisServer(
+                launcher,
+                workdir / f"node{i}",
+                users=users,
+                tls=tls,
+                config=cluster_conf,
+                cluster_bus=True,
+            )
             for i in range(masters * (1 + replicas))
         ]
 
     @property
     def url(self) -> str:
-        """``redis+cluster://`` with every node as a seed."""
-        return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+        """``redis+cluster://`` (``rediss+cluster://`` with the CA) with every node as a seed."""
+        return self.url_for(None, None)
+
+    def url_for(self, username: str | None, password: str | None, *, with_ca: bool = True) -> str:
+        """A Cluster URL authenticating as ``username`` (None: the default user) with ``password``.
+
+        With TLS, ``with_ca`` adds ``ssl_ca_certs`` so the nodes' certificates
+        verify; without it the client relies on the system trust store.
+        """
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        auth = ""
+        if password is not None:
+            auth = f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
+        hosts = ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+        query = f"/?ssl_ca_certs={quote(str(self.tls.ca_cert))}" if self.tls and with_ca else ""
+        return f"{scheme}://{auth}{hosts}{query}"
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -620,6 +666,7 @@ class RedisCluster:
                 node.start()
             code, output = self.launcher.run_cli(
                 [
+                    *self._cli_tls_args(),
                     "--cluster",
                     "create",
                     *(f"{HOST}:{n.port}" for n in self.nodes),
@@ -635,6 +682,15 @@ class RedisCluster:
         except BaseException:
             self.stop()
             raise
+
+    def _cli_tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        tls = self.tls
+        return [
+            *("--tls", "--cacert", str(tls.ca_cert)),
+            *("--cert", str(tls.client_cert), "--key", str(tls.client_key)),
+        ]
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until every node sees all slots served and every replica is in sync.
