@@ -562,12 +562,36 @@ def _stop_all(servers: Sequence[RedisServer]) -> None:
             server.stop()
 
 
+def _tls_link_config(tls: TLSFiles | None) -> list[str]:
+    """``redis.conf`` lines for TLS on the links a server opens to others (replication)."""
+    if tls is None:
+        return []
+    # The server on the other end checks the certificate of such a link as a
+    # client's: present the client pair, not the server one (serverAuth only).
+    return [
+        "tls-replication yes",
+        f"tls-client-cert-file {tls.client_cert}",
+        f"tls-client-key-file {tls.client_key}",
+    ]
+
+
 class RedisCluster:
     """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each.
 
     Built with ``redis-cli --cluster create ... --cluster-replicas N
     --cluster-yes``; ``cluster-node-timeout`` defaults to 2000 ms so a
     failover takes a few seconds.
+
+    Args:
+        launcher: where the nodes run (see :func:`find_launcher`).
+        workdir: the parent of the nodes' directories.
+        masters: how many masters.
+        replicas: replicas per master.
+        node_timeout: ``cluster-node-timeout`` in milliseconds.
+        tls: serve TLS only on every node, with TLS on the cluster bus and
+            for replication too (``tls-cluster``, ``tls-replication``).
+        users: ACL users on every node (the default user stays open to
+            the admin connections and ``redis-cli``).
     """
 
     def __init__(
@@ -578,23 +602,50 @@ class RedisCluster:
         masters: int = 3,
         replicas: int = 1,
         node_timeout: int = 2000,
+        tls: TLSFiles | None = None,
+        users: Sequence[RedisUser] = (),
     ) -> None:
         self.launcher = launcher
         self.replicas = replicas
+        self.tls = tls
+        self.users = tuple(users)
         cluster_conf = [
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",
             f"cluster-node-timeout {node_timeout}",
         ]
+        if tls is not None:
+            cluster_conf += ["tls-cluster yes", *_tls_link_config(tls)]
         self.nodes = [
-            RedisServer(launcher, workdir / f"node{i}", config=cluster_conf, cluster_bus=True)
+            RedisServer(
+                launcher,
+                workdir / f"node{i}",
+                users=users,
+                tls=tls,
+                config=cluster_conf,
+                cluster_bus=True,
+            )
             for i in range(masters * (1 + replicas))
         ]
 
     @property
     def url(self) -> str:
-        """``redis+cluster://`` with every node as a seed."""
-        return "redis+cluster://" + ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+        """``redis+cluster://`` (``rediss+cluster://`` with the CA) with every node as a seed."""
+        return self.url_for(None, None)
+
+    def url_for(self, username: str | None, password: str | None, *, with_ca: bool = True) -> str:
+        """A Cluster URL authenticating as ``username`` (None: the default user) with ``password``.
+
+        With TLS, ``with_ca`` adds ``ssl_ca_certs`` so the nodes' certificates
+        verify; without it the client relies on the system trust store.
+        """
+        scheme = "rediss+cluster" if self.tls else "redis+cluster"
+        auth = ""
+        if password is not None:
+            auth = f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
+        hosts = ",".join(f"{HOST}:{n.port}" for n in self.nodes)
+        query = f"/?ssl_ca_certs={quote(str(self.tls.ca_cert))}" if self.tls and with_ca else ""
+        return f"{scheme}://{auth}{hosts}{query}"
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -620,6 +671,7 @@ class RedisCluster:
                 node.start()
             code, output = self.launcher.run_cli(
                 [
+                    *self._cli_tls_args(),
                     "--cluster",
                     "create",
                     *(f"{HOST}:{n.port}" for n in self.nodes),
@@ -635,6 +687,15 @@ class RedisCluster:
         except BaseException:
             self.stop()
             raise
+
+    def _cli_tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        tls = self.tls
+        return [
+            *("--tls", "--cacert", str(tls.ca_cert)),
+            *("--cert", str(tls.client_cert), "--key", str(tls.client_key)),
+        ]
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Wait until every node sees all slots served and every replica is in sync.
@@ -697,6 +758,12 @@ class RedisSentinel:
 
     The service is ``mymaster``; sentinels use ``down-after-milliseconds``
     2000 and a short ``failover-timeout`` so a failover completes in seconds.
+
+    Args:
+        tls: serve TLS only on the data nodes and the sentinels, with TLS
+            for replication and for the sentinels' links to the data nodes.
+        users: ACL users on the data nodes (not on the sentinels; the
+            default user stays open to the sentinels and admin connections).
     """
 
     service = "mymaster"
@@ -711,21 +778,43 @@ class RedisSentinel:
         quorum: int = 2,
         down_after: int = 2000,
         failover_timeout: int = 4000,
+        tls: TLSFiles | None = None,
+        users: Sequence[RedisUser] = (),
     ) -> None:
         self.launcher = launcher
         self.quorum = quorum
         self.down_after = down_after
         self.failover_timeout = failover_timeout
-        self.servers = [RedisServer(launcher, workdir / f"data{i}") for i in range(1 + replicas)]
+        self.tls = tls
+        self.users = tuple(users)
+        self._tls_conf = _tls_link_config(tls)
+        self.servers = [
+            RedisServer(launcher, workdir / f"data{i}", tls=tls, users=users, config=self._tls_conf)
+            for i in range(1 + replicas)
+        ]
         self.sentinels = [
-            RedisServer(launcher, workdir / f"sentinel{i}", sentinel=True) for i in range(sentinels)
+            RedisServer(launcher, workdir / f"sentinel{i}", sentinel=True, tls=tls)
+            for i in range(sentinels)
         ]
 
     @property
     def url(self) -> str:
-        """``redis+sentinel://h:p,h:p,h:p/mymaster/0``."""
+        """``redis+sentinel://h:p,h:p,h:p/mymaster/0`` (``rediss+`` with the CA under TLS)."""
+        return self.url_for(None, None)
+
+    def url_for(self, username: str | None, password: str | None, *, with_ca: bool = True) -> str:
+        """A Sentinel URL authenticating to the master as ``username`` with ``password``.
+
+        With TLS, ``with_ca`` adds ``ssl_ca_certs`` (for the sentinels and the
+        master) so the certificates verify.
+        """
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        auth = ""
+        if password is not None:
+            auth = f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
         hosts = ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.service}/0"
+        query = f"?ssl_ca_certs={quote(str(self.tls.ca_cert))}" if self.tls and with_ca else ""
+        return f"{scheme}://{auth}{hosts}/{self.service}/0{query}"
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -754,10 +843,11 @@ class RedisSentinel:
             first.start()
             # The replicas' and sentinels' configs name the master's final port.
             for replica in replicas:
-                replica.config = (f"replicaof {HOST} {first.port}",)
+                replica.config = (*self._tls_conf, f"replicaof {HOST} {first.port}")
                 replica.start()
             for sentinel in self.sentinels:
                 sentinel.config = (
+                    *self._tls_conf,
                     "sentinel resolve-hostnames no",
                     f"sentinel monitor {self.service} {HOST} {first.port} {self.quorum}",
                     f"sentinel down-after-milliseconds {self.service} {self.down_after}",

@@ -102,7 +102,14 @@ _ACK_CHUNK = 500
 _SUBSCRIBE_TIMEOUT = 5.0
 _PROBE = "#!lua flags=no-writes\nreturn 1"
 
-_DRIVER_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+# RedisClusterException (the cluster client's "cannot be connected" after a refused
+# login or TLS handshake on every seed) is not a RedisError.
+_DRIVER_ERRORS = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+    asyncio.TimeoutError,
+)
 
 
 def _driver_pipeline(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:

@@ -1,0 +1,126 @@
+"""RedisBroker over Sentinel with TLS everywhere, as the least-privilege ACL user.
+
+One group (1 master, 1 replica, 3 sentinels; TLS on every port, for
+replication and for the sentinels' links) serves the module. Tasks round-trip
+over ``rediss+sentinel://``; a wrong password fails fast with an auth error
+that never shows it; certificates are verified unless the URL says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+import traceback
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+import taskq
+from taskq.brokers.base import Broker, EnqueueRequest
+from taskq.brokers.redis import LEAST_PRIVILEGE_ACL, RedisBroker
+from taskq.errors import BrokerAuthError, BrokerConnectionError
+from taskq.task import TaskMessage, TaskState
+from taskq.testing.servers import RedisSentinel, RedisUser, TLSFiles, require_launcher
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+FAIL_FAST = 2.0  # seconds: a refused login must not hang or retry for long
+LEASE = 30_000
+
+
+def _canary() -> str:
+    return f"canary-{secrets.token_hex(12)}"
+
+
+def _texts_of(error: BaseException) -> str:
+    """Everything an error can show: str, repr, and the formatted chain with causes."""
+    return "\n".join([str(error), repr(error), *traceback.format_exception(error)])
+
+
+@pytest.fixture(scope="module")
+def tls_acl_sentinel(
+    tmp_path_factory: pytest.TempPathFactory, redis_tls_files: TLSFiles
+) -> Iterator[RedisSentinel]:
+    """A TLS-only Sentinel group whose data nodes know the ``taskq`` least-privilege user."""
+    group = RedisSentinel(
+        require_launcher("tls_acl_sentinel"),
+        tmp_path_factory.mktemp("sentinel-tls-acl"),
+        tls=redis_tls_files,
+        users=[RedisUser("taskq", _canary(), LEAST_PRIVILEGE_ACL)],
+    )
+    # start() stops every process it started when it fails.
+    group.start()
+    try:
+        yield group
+    finally:
+        group.stop()
+
+
+def _acl_url(group: RedisSentinel, *, password: str | None = None, with_ca: bool = True) -> str:
+    (user,) = group.users
+    return group.url_for(user.name, password or user.password, with_ca=with_ca)
+
+
+@pytest.fixture
+async def broker(tls_acl_sentinel: RedisSentinel) -> AsyncIterator[Broker]:
+    tls_acl_sentinel.flushall()
+    broker = RedisBroker.from_url(_acl_url(tls_acl_sentinel))
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+def _message(task_id: str, queue: str) -> TaskMessage:
+    return TaskMessage(id=task_id, type="sentinel:task", payload=b"x", queue=queue)
+
+
+async def test_tasks_round_trip_over_rediss_sentinel_as_the_acl_user(
+    tls_acl_sentinel: RedisSentinel, broker: Broker
+) -> None:
+    assert _acl_url(tls_acl_sentinel).startswith("rediss+sentinel://taskq:")
+    messages = [_message(f"{queue}-{n}", queue) for n in range(3) for queue in ("a", "b")]
+    assert await broker.enqueue(messages[0]) is TaskState.PENDING
+    results = await broker.enqueue_many([EnqueueRequest(m) for m in messages[1:]])
+    assert results == [TaskState.PENDING] * (len(messages) - 1)
+
+    deliveries = await broker.dequeue(["a", "b"], count=100, lease=LEASE)
+    for delivery in deliveries:
+        await broker.done(delivery.ref)
+
+    assert sorted(d.message.id for d in deliveries) == sorted(m.id for m in messages)
+    assert await broker.dequeue(["a", "b"], count=100, lease=LEASE) == []
+
+
+async def test_a_wrong_password_fails_fast_with_an_auth_error_that_never_shows_it(
+    tls_acl_sentinel: RedisSentinel, caplog: pytest.LogCaptureFixture
+) -> None:
+    (user,) = tls_acl_sentinel.users
+    wrong = _canary()
+    caplog.set_level(logging.DEBUG)
+    broker = taskq.connect(_acl_url(tls_acl_sentinel, password=wrong))
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerAuthError) as caught:
+            await broker.ping()
+        elapsed = time.monotonic() - started
+        shown = "\n".join([_texts_of(caught.value), repr(broker), str(broker), caplog.text])
+    finally:
+        await broker.close()
+    assert elapsed < FAIL_FAST, f"refused login took {elapsed:.2f} s"
+    assert wrong not in shown and user.password not in shown
+
+
+async def test_rediss_sentinel_verifies_the_certificates_by_default(
+    tls_acl_sentinel: RedisSentinel,
+) -> None:
+    # Neither fast nor clear yet: redis-py retries each sentinel (some 11 s in
+    # all) and reports "No master found" without the certificate error.
+    broker = taskq.connect(_acl_url(tls_acl_sentinel, with_ca=False))
+    try:
+        with pytest.raises(BrokerConnectionError) as caught:
+            await broker.ping()
+    finally:
+        await broker.close()
+    assert not isinstance(caught.value, BrokerAuthError)
