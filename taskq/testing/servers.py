@@ -303,9 +303,7 @@ class RedisServer:
         verifies; without it the client relies on the system trust store.
         """
         scheme = "rediss" if self.tls else "redis"
-        auth = ""
-        if password is not None:
-            auth = f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
+        auth = _userinfo(username, password)
         query = f"?ssl_ca_certs={quote(str(self.tls.ca_cert))}" if self.tls and with_ca else ""
         return f"{scheme}://{auth}{HOST}:{self.port}/{db}{query}"
 
@@ -556,6 +554,13 @@ class ExternalRedis:
         pytest.skip("an external TASKQ_TEST_REDIS_URL server cannot be restarted")
 
 
+def _userinfo(username: str | None, password: str | None) -> str:
+    """The ``user:password@`` part of a URL (quoted), "" without a password."""
+    if password is None:
+        return ""
+    return f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
+
+
 def _stop_all(servers: Sequence[RedisServer]) -> None:
     for server in servers:
         with contextlib.suppress(Exception):
@@ -640,9 +645,7 @@ class RedisCluster:
         verify; without it the client relies on the system trust store.
         """
         scheme = "rediss+cluster" if self.tls else "redis+cluster"
-        auth = ""
-        if password is not None:
-            auth = f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
+        auth = _userinfo(username, password)
         hosts = ",".join(f"{HOST}:{n.port}" for n in self.nodes)
         query = f"/?ssl_ca_certs={quote(str(self.tls.ca_cert))}" if self.tls and with_ca else ""
         return f"{scheme}://{auth}{hosts}{query}"
@@ -809,9 +812,7 @@ class RedisSentinel:
         master) so the certificates verify.
         """
         scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
-        auth = ""
-        if password is not None:
-            auth = f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
+        auth = _userinfo(username, password)
         hosts = ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
         query = f"?ssl_ca_certs={quote(str(self.tls.ca_cert))}" if self.tls and with_ca else ""
         return f"{scheme}://{auth}{hosts}/{self.service}/0{query}"

@@ -9,9 +9,7 @@ that never shows it; certificates are verified unless the URL says otherwise.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
-import traceback
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -22,20 +20,9 @@ from taskq.brokers.redis import LEAST_PRIVILEGE_ACL, RedisBroker
 from taskq.errors import BrokerAuthError, BrokerConnectionError
 from taskq.task import TaskMessage, TaskState
 from taskq.testing.servers import RedisSentinel, RedisUser, TLSFiles, require_launcher
+from tests.integration.test_redis_auth_tls import FAIL_FAST, LEASE, _canary, _texts_of
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
-
-FAIL_FAST = 2.0  # seconds: a refused login must not hang or retry for long
-LEASE = 30_000
-
-
-def _canary() -> str:
-    return f"canary-{secrets.token_hex(12)}"
-
-
-def _texts_of(error: BaseException) -> str:
-    """Everything an error can show: str, repr, and the formatted chain with causes."""
-    return "\n".join([str(error), repr(error), *traceback.format_exception(error)])
 
 
 @pytest.fixture(scope="module")
