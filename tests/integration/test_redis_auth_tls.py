@@ -27,6 +27,8 @@ from taskq.testing import BrokerConformance, FakeClock
 from taskq.testing._resp import RespConnection, RespError
 from taskq.testing.conformance import CorruptDropLease
 from taskq.testing.servers import (
+    RedisCluster,
+    RedisSentinel,
     RedisServer,
     RedisServerFactory,
     RedisUser,
@@ -60,6 +62,34 @@ def _texts_of(error: BaseException) -> str:
     return "\n".join([str(error), repr(error), *traceback.format_exception(error)])
 
 
+async def refused_login(url: str, caplog: pytest.LogCaptureFixture) -> tuple[float, str]:
+    """Ping a broker at ``url`` expecting BrokerAuthError.
+
+    Returns:
+        how long the refusal took (s), and everything it showed: the error's
+        texts and chain, the broker's repr and str, and the captured logs.
+    """
+    caplog.set_level(logging.DEBUG)
+    broker = taskq.connect(url)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerAuthError) as caught:
+            await broker.ping()
+        elapsed = time.monotonic() - started
+        shown = "\n".join([_texts_of(caught.value), repr(broker), str(broker), caplog.text])
+    finally:
+        await broker.close()
+    return elapsed, shown
+
+
+def acl_url(
+    servers: RedisCluster | RedisSentinel, *, password: str | None = None, with_ca: bool = True
+) -> str:
+    """The URL of ``servers`` as their one ACL user (``password`` instead of the right one)."""
+    (user,) = servers.users
+    return servers.url_for(user.name, password or user.password, with_ca=with_ca)
+
+
 def _server_cmdline(server: RedisServer) -> str:
     assert server.pid is not None
     return Path(f"/proc/{server.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -74,16 +104,7 @@ async def test_a_wrong_password_fails_fast_with_an_auth_error_that_never_shows_i
 ) -> None:
     right, wrong = _canary(), _canary()
     server = redis_server_factory(password=right, users=[RedisUser("taskq", right, "~* &* +@all")])
-    caplog.set_level(logging.DEBUG)
-    broker = taskq.connect(server.url_for(username, wrong))
-    try:
-        started = time.monotonic()
-        with pytest.raises(BrokerAuthError) as caught:
-            await broker.ping()
-        elapsed = time.monotonic() - started
-        shown = "\n".join([_texts_of(caught.value), repr(broker), str(broker), caplog.text])
-    finally:
-        await broker.close()
+    elapsed, shown = await refused_login(server.url_for(username, wrong), caplog)
     assert elapsed < FAIL_FAST, f"refused login took {elapsed:.2f} s"
     assert wrong not in shown and right not in shown
     assert right not in _server_cmdline(server), "the password must not be on a command line"
