@@ -596,9 +596,10 @@ class AsyncClient:
     async def _store(self, plan: _Plan) -> TaskInfo:
         """Store one validated task with the broker method its plan calls for."""
         msg = plan.message
-        if plan.process_at > self._clock.now_ms():
+        target = _target_state(plan, self._clock.now_ms())
+        if target is TaskState.SCHEDULED:
             state = await self.broker.schedule(msg, plan.process_at, unique_ttl=plan.unique_ttl)
-        elif msg.group:
+        elif target is TaskState.AGGREGATING:
             state = await self.broker.add_to_group(msg, unique_ttl=plan.unique_ttl)
         else:
             state = await self.broker.enqueue(msg, unique_ttl=plan.unique_ttl)
@@ -738,26 +739,11 @@ class AsyncClient:
         ]
 
     def _predicted_infos(self, plans: Sequence[_Plan]) -> list[TaskInfo]:
-        """Per plan, its TaskInfo for the state the broker is expected to store it in.
-
-        The rule of :meth:`_store`: scheduled when due in the future, else
-        aggregating with a group, else pending.
-        """
+        """Per plan, its TaskInfo for the state the broker is expected to store it in."""
         times = _DtCache()
         info = self._info
         now = self._clock.now_ms()
-        return [
-            info(
-                plan,
-                TaskState.SCHEDULED
-                if plan.process_at > now
-                else TaskState.AGGREGATING
-                if plan.message.group
-                else TaskState.PENDING,
-                times,
-            )
-            for plan in plans
-        ]
+        return [info(plan, _target_state(plan, now), times) for plan in plans]
 
     async def get_task_info(self, queue: str, task_id: str) -> TaskInfo:
         """Return the current :class:`TaskInfo` of a task.
@@ -887,6 +873,16 @@ def _call_options(
 
 _OVERLAP_MIN = 64
 """Batches at least this long build their TaskInfos while the broker stores them."""
+
+
+def _target_state(plan: _Plan, now: int) -> TaskState:
+    """The state a new task is stored in, as every broker decides it (see EnqueueRequest).
+
+    Scheduled when due after ``now``, else aggregating with a group, else pending.
+    """
+    if plan.process_at > now:
+        return TaskState.SCHEDULED
+    return TaskState.AGGREGATING if plan.message.group else TaskState.PENDING
 
 
 def _requests(plans: Sequence[_Plan]) -> list[EnqueueRequest]:
