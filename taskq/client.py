@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import attrs
+
 from taskq._sync import run_sync
 from taskq._time import Clock, SystemClock, dt_to_ms, ms_to_dt, ms_to_td, td_to_ms
 from taskq.brokers.base import BlockingProducer, Broker, EnqueueRequest
@@ -160,18 +162,14 @@ def _positive_ms(value: object, name: str, *, allow_zero: bool = False) -> int:
     return ms
 
 
-class _Plan:
-    """A validated enqueue: the message to store and how to store it."""
+@attrs.frozen(slots=False)
+class _Plan(EnqueueRequest):
+    """A validated enqueue: the request a broker stores, and the options it was made from.
 
-    __slots__ = ("message", "options", "process_at", "unique_ttl")
+    A batch's plans are passed to :meth:`Broker.enqueue_many` as they are.
+    """
 
-    def __init__(
-        self, message: TaskMessage, process_at: int, unique_ttl: int, options: _Options
-    ) -> None:
-        self.message = message
-        self.process_at = process_at
-        self.unique_ttl = unique_ttl
-        self.options = options
+    options: _Options = attrs.field(kw_only=True, eq=False)
 
 
 class _Options:
@@ -498,7 +496,7 @@ class AsyncClient:
             retention=opts.retention,
             enqueued_at=now,
         )
-        return _Plan(message, process_at, unique_ttl, opts)
+        return _Plan(message, process_at, unique_ttl, options=opts)
 
     @staticmethod
     def _info(plan: _Plan, state: TaskState, times: _DtCache) -> TaskInfo:
@@ -628,15 +626,14 @@ class AsyncClient:
         plans = self._plans(tasks, options)
         if not plans:
             return []
-        requests = _requests(plans)
         if len(plans) < _OVERLAP_MIN:
-            return self._infos(plans, await self.broker.enqueue_many(requests))
+            return self._infos(plans, await self.broker.enqueue_many(plans))
         # Build the TaskInfos while the broker works: the broker call runs as
         # its own task, which sends the batch at its first step (one yield to
         # the loop) and then waits for the replies, while this coroutine builds
         # each task's TaskInfo for the state its plan predicts. Items the broker
         # answers differently get theirs rebuilt.
-        storing = asyncio.ensure_future(self.broker.enqueue_many(requests))
+        storing = asyncio.ensure_future(self.broker.enqueue_many(plans))
         try:
             await asyncio.sleep(0)
             predicted = self._predicted_infos(plans)
@@ -667,8 +664,17 @@ class AsyncClient:
         ids: list[str] | None = None
         opts: _Options | None = None
         queue = ""
-        process_at = unique_ttl = 0
+        unique_ttl = 0
         limit = self._max_payload
+        # The tasks that set no options of their own differ only in id, type,
+        # payload and headers (and unique key): each message and plan is a copy
+        # of the call's prototype with those filled in, three times cheaper
+        # than attrs' frozen __init__ (which sets each field through
+        # object.__setattr__). test_client_batch pins them equal to
+        # one-by-one plans.
+        message_fields: dict[str, Any] = {}
+        plan_fields: dict[str, Any] = {}
+        new = object.__new__
         for i, task in enumerate(tasks):
             if type(task) is not Task or _has_options(task):
                 append(self._plan_with(task, shared, now))
@@ -679,6 +685,26 @@ class AsyncClient:
                 process_at = opts.process_at
                 if opts.process_in is not None:
                     process_at = now + opts.process_in
+                prototype = _Plan(
+                    TaskMessage(
+                        "",
+                        "",
+                        b"",
+                        queue,
+                        {},
+                        opts.max_retry,
+                        timeout=opts.timeout,
+                        deadline=opts.deadline,
+                        group=opts.group,
+                        retention=opts.retention,
+                        enqueued_at=now,
+                    ),
+                    process_at,
+                    unique_ttl,
+                    options=opts,
+                )
+                message_fields = prototype.message.__dict__
+                plan_fields = prototype.__dict__
             payload = task.payload
             if len(payload) > limit:
                 check_payload_size(payload, limit)
@@ -687,28 +713,20 @@ class AsyncClient:
                 if ids is None:
                     ids = _new_task_id.many(len(tasks))
                 task_id = ids[i]
-            # Positional, in TaskMessage's field order: id, type, payload, queue,
-            # headers, max_retry, retried, last_error, last_failed_at, timeout,
-            # deadline, unique_key, group, retention, enqueued_at, completed_at.
-            message = TaskMessage(
-                task_id,
-                task.type,
-                payload,
-                queue,
-                task.headers,
-                opts.max_retry,
-                0,
-                "",
-                0,
-                opts.timeout,
-                opts.deadline,
-                unique_key(queue, task.type, payload) if unique_ttl else "",
-                opts.group,
-                opts.retention,
-                now,
-                0,
-            )
-            append(_Plan(message, process_at, unique_ttl, opts))
+            message = new(TaskMessage)
+            fields = message.__dict__
+            fields.update(message_fields)
+            fields["id"] = task_id
+            fields["type"] = task.type
+            fields["payload"] = payload
+            fields["headers"] = task.headers
+            if unique_ttl:
+                fields["unique_key"] = unique_key(queue, task.type, payload)
+            plan = new(_Plan)
+            fields = plan.__dict__
+            fields.update(plan_fields)
+            fields["message"] = message
+            append(plan)
         return plans
 
     def _infos(
@@ -739,11 +757,46 @@ class AsyncClient:
         ]
 
     def _predicted_infos(self, plans: Sequence[_Plan]) -> list[TaskInfo]:
-        """Per plan, its TaskInfo for the state the broker is expected to store it in."""
+        """Per plan, its TaskInfo for the state the broker is expected to store it in.
+
+        Plans made from the same options, queue and times get the same
+        TaskInfo but for id, type, payload and headers: the first is built in
+        full and the others are copies of its fields with those four replaced
+        (as in :meth:`_plans`).
+        """
         times = _DtCache()
         info = self._info
         now = self._clock.now_ms()
-        return [info(plan, _target_state(plan, now), times) for plan in plans]
+        new = object.__new__
+        prototypes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        out: list[TaskInfo] = []
+        append = out.append
+        for plan in plans:
+            msg = plan.message
+            # The state follows from process_at and group (now is the same for all).
+            key = (
+                plan.options,
+                plan.process_at,
+                msg.group,
+                msg.queue,
+                msg.max_retry,
+                msg.enqueued_at,
+            )
+            base = prototypes.get(key)
+            if base is None:
+                first = info(plan, _target_state(plan, now), times)
+                prototypes[key] = first.__dict__
+                append(first)
+                continue
+            made = new(TaskInfo)
+            fields = made.__dict__
+            fields.update(base)
+            fields["id"] = msg.id
+            fields["type"] = msg.type
+            fields["payload"] = msg.payload
+            fields["headers"] = dict(msg.headers)
+            append(made)
+        return out
 
     async def get_task_info(self, queue: str, task_id: str) -> TaskInfo:
         """Return the current :class:`TaskInfo` of a task.
@@ -885,10 +938,6 @@ def _target_state(plan: _Plan, now: int) -> TaskState:
     return TaskState.AGGREGATING if plan.message.group else TaskState.PENDING
 
 
-def _requests(plans: Sequence[_Plan]) -> list[EnqueueRequest]:
-    return [EnqueueRequest(p.message, p.process_at, p.unique_ttl) for p in plans]
-
-
 class _DtCache:
     """``ms_to_dt`` that reuses the last result: a batch's tasks mostly share one millisecond."""
 
@@ -992,12 +1041,11 @@ class Client:
         plans = client._plans(tasks, options)
         if not plans:
             return []
-        requests = _requests(plans)
         results = None
         if self._blocking is not None:
-            results = self._blocking.enqueue_blocking(requests)
+            results = self._blocking.enqueue_blocking(plans)
         if results is None:
-            results = run_sync(client.broker.enqueue_many(requests))
+            results = run_sync(client.broker.enqueue_many(plans))
         return client._infos(plans, results)
 
     def get_task_info(self, queue: str, task_id: str) -> TaskInfo:

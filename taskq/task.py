@@ -165,7 +165,12 @@ def _payload(value: bytes | bytearray | memoryview) -> bytes:
     )
 
 
-@attrs.frozen
+# Task, TaskMessage and TaskInfo (and brokers.base.EnqueueRequest) are frozen
+# classes with a __dict__ rather than slots: attrs then builds an instance by
+# writing its dict (1.0-1.4 us here) instead of calling object.__setattr__ per
+# field (2.5-3.1 us), and batch paths can copy a prototype's fields. One of
+# each is made per task enqueued, and a message per task dequeued.
+@attrs.frozen(slots=False)
 class Task:
     """A unit of work: a type name, an opaque byte payload and string headers.
 
@@ -210,7 +215,7 @@ _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circul
 _jstr: Callable[[str], str] = json.encoder.encode_basestring
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=False)
 class TaskMessage:
     """The stored envelope of a task, as brokers keep it. Times are epoch ms; 0 = unset.
 
@@ -414,7 +419,7 @@ def check_payload_size(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> None:
         raise PayloadTooLargeError(f"payload is {len(payload)} bytes; the limit is {limit}")
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class TaskInfo:
     """What taskq knows about a stored task (returned by enqueue and the Inspector).
 

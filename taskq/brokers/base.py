@@ -126,7 +126,7 @@ class Ack:
     retention: int = 0
 
 
-@attrs.frozen(slots=True)
+@attrs.frozen(slots=False)
 class EnqueueRequest:
     """One item of :meth:`Producer.enqueue_many`.
 

@@ -8,6 +8,7 @@ the batch. These tests pin that each shortcut gives what the general path gives.
 from __future__ import annotations
 
 import asyncio
+import pickle
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -48,14 +49,18 @@ _SHARED: list[dict[str, Any]] = [
 ]
 
 
+@pytest.mark.parametrize("rounds", [2, 13], ids=["10 tasks", "65 tasks: infos predicted"])
 @pytest.mark.parametrize("options", _SHARED, ids=lambda o: ",".join(o) or "none")
 async def test_a_batch_stores_the_messages_one_by_one_enqueues_store(
-    options: dict[str, Any],
+    options: dict[str, Any], rounds: int
 ) -> None:
-    # Built positionally on the batch path: a field out of order would show here.
+    # The batch path copies one prototype message, plan and TaskInfo per set
+    # of options and fills in each task's own fields: a field it forgets, or
+    # a prototype reused for tasks with other options, shows here. From
+    # _OVERLAP_MIN tasks the TaskInfos are the predicted ones.
     tasks = [
         task
-        for n in (b"1", b"2")  # distinct payloads and ids: no unique lock or id is reused
+        for n in (b"%d" % i for i in range(rounds))  # distinct payloads and ids
         for task in (
             Task("a", n),
             Task("b", n, {"trace": "x"}),
@@ -72,12 +77,16 @@ async def test_a_batch_stores_the_messages_one_by_one_enqueues_store(
     expected = [await one.enqueue(task, **options) for task in tasks]
     got = await many.enqueue_many(tasks, **options)
 
+    assert (len(tasks) >= _OVERLAP_MIN) is (rounds == 13)
     assert len(got) == len(expected)
     for want, have in zip(expected, got, strict=True):
         assert isinstance(have, TaskInfo)
         same_id = {"id": have.id} if want.id != have.id else {}
         assert have == attrs.evolve(want, **same_id)
+        assert pickle.loads(pickle.dumps(have)) == have
+        assert repr(have) == repr(attrs.evolve(want, **same_id))
         assert _stored(many_broker, have) == attrs.evolve(_stored(one_broker, want), **same_id)
+    assert len({info.id for info in got if isinstance(info, TaskInfo)}) == len(tasks)
 
 
 @pytest.mark.parametrize("hooked", [False, True], ids=["plain", "with a hook"])

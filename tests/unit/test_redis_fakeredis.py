@@ -180,14 +180,14 @@ async def test_ids_already_stored_are_refused_anywhere_in_a_call_past_one_thousa
 def test_a_chunk_of_plain_tasks_is_sent_as_ids_and_messages_only(broker: RedisBroker) -> None:
     # Due now, no group, no unique lock: two values per task instead of six
     # (less to pack, send and parse); any other task makes the chunk full form.
-    plain = [(_message(f"t{i}"), 0, 0) for i in range(3)]
+    plain = [EnqueueRequest(_message(f"t{i}")) for i in range(3)]
     name, _, args = broker._enqueue_call(plain, "q", [0, 1, 2], "")
     assert (name, args[1], len(args)) == ("enqueue", b"2", 2 + 2 * 3)
-    assert args[2:4] == ["t0", plain[0][0].encode(addressed=False)]
+    assert args[2:4] == ["t0", plain[0].message.encode(addressed=False)]
     for odd in [
-        (_message("s"), 5, 0),
-        (_message("u", unique_key="k"), 0, 60_000),
-        (_message("g", group="g"), 0, 0),
+        EnqueueRequest(_message("s"), 5, 0),
+        EnqueueRequest(_message("u", unique_key="k"), 0, 60_000),
+        EnqueueRequest(_message("g", group="g"), 0, 0),
     ]:
         _, _, args = broker._enqueue_call([*plain, odd], "q", [0, 1, 2, 3], "")
         assert (args[1], len(args)) == (b"6", 2 + 6 * 4)

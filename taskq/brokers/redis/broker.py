@@ -364,7 +364,7 @@ class RedisBroker:
             DuplicateTaskError: the unique lock is held by another task.
             BrokerError: Redis failed (translated driver error).
         """
-        return self._single(await self._store([(message, 0, unique_ttl)]))
+        return self._single(await self._store([EnqueueRequest(message, 0, unique_ttl)]))
 
     async def schedule(
         self, message: TaskMessage, process_at: int, *, unique_ttl: int = 0
@@ -374,7 +374,7 @@ class RedisBroker:
         Raises:
             TaskIDConflictError, DuplicateTaskError: as :meth:`enqueue`.
         """
-        return self._single(await self._store([(message, process_at, unique_ttl)]))
+        return self._single(await self._store([EnqueueRequest(message, process_at, unique_ttl)]))
 
     async def add_to_group(self, message: TaskMessage, *, unique_ttl: int = 0) -> TaskState:
         """Store a new task as aggregating in ``message.group``.
@@ -385,7 +385,7 @@ class RedisBroker:
         """
         if not message.group:
             raise InvalidArgumentError("add_to_group needs a message with a group")
-        return self._single(await self._store([(message, 0, unique_ttl)]))
+        return self._single(await self._store([EnqueueRequest(message, 0, unique_ttl)]))
 
     async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[TaskState | Exception]:
         """Store many tasks, each atomic on its own; per item the state or the refusal.
@@ -393,7 +393,7 @@ class RedisBroker:
         One script call per queue (in chunks of 200), all pipelined; on a
         standalone or Sentinel server each call is sent as soon as it is built.
         """
-        return await self._store([(r.message, r.process_at, r.unique_ttl) for r in requests])
+        return await self._store(requests)
 
     @staticmethod
     def _single(results: list[TaskState | Exception]) -> TaskState:
@@ -402,9 +402,7 @@ class RedisBroker:
             raise result
         return result
 
-    async def _store(
-        self, items: Sequence[tuple[TaskMessage, int, int]]
-    ) -> list[TaskState | Exception]:
+    async def _store(self, items: Sequence[EnqueueRequest]) -> list[TaskState | Exception]:
         chunks = self._enqueue_chunks(items)
         if not chunks:
             return []
@@ -424,7 +422,7 @@ class RedisBroker:
     async def _stream_enqueue(
         self,
         lane: Lane,
-        items: Sequence[tuple[TaskMessage, int, int]],
+        items: Sequence[EnqueueRequest],
         chunks: Sequence[tuple[str, list[int]]],
     ) -> list[Any] | None:
         """Send each chunk's script call as soon as it is built; None if nothing could be sent.
@@ -494,7 +492,7 @@ class RedisBroker:
                 return None
             command = client.execute_command  # untyped in redis-py
             pipeline = functools.partial(_driver_pipeline, client)
-        items = [(r.message, r.process_at, r.unique_ttl) for r in requests]
+        items = requests
         chunks, calls = self._enqueue_calls(items)
         if not calls:
             return []
@@ -552,7 +550,7 @@ class RedisBroker:
         return results
 
     def _enqueue_calls(
-        self, items: Sequence[tuple[TaskMessage, int, int]]
+        self, items: Sequence[EnqueueRequest]
     ) -> tuple[list[tuple[str, list[int]]], list[tuple[str, Sequence[str | bytes], Sequence[Any]]]]:
         """The enqueue script calls for ``items``: the chunks (queue, item indexes) and calls.
 
@@ -565,23 +563,24 @@ class RedisBroker:
 
     @staticmethod
     def _enqueue_chunks(
-        items: Sequence[tuple[TaskMessage, int, int]],
+        items: Sequence[EnqueueRequest],
     ) -> list[tuple[str, list[int]]]:
         """``items`` split per queue into script-call sized chunks (queue, item indexes).
 
         Raises:
             InvalidArgumentError: a task id or group contains NUL.
         """
-        for message, _, _ in items:
+        messages = [r.message for r in items]
+        for message in messages:
             if "\x00" in message.id or "\x00" in message.group:
                 raise InvalidArgumentError("task ids and group names must not contain NUL")
         if len(items) == 1:
-            return [(items[0][0].queue, [0])]
-        return _chunks_by_queue((message.queue for message, _, _ in items), _ENQUEUE_CHUNK)
+            return [(messages[0].queue, [0])]
+        return _chunks_by_queue([message.queue for message in messages], _ENQUEUE_CHUNK)
 
     def _enqueue_call(
         self,
-        items: Sequence[tuple[TaskMessage, int, int]],
+        items: Sequence[EnqueueRequest],
         queue: str,
         chunk: Sequence[int],
         now: str | int,
@@ -594,17 +593,17 @@ class RedisBroker:
         """
         keys = self._keys_for("enqueue", queue)
         chosen = [items[i] for i in chunk]
-        encoded = encode_unaddressed([message for message, _, _ in chosen])
-        if not any(
-            process_at or unique_ttl or message.group for message, process_at, unique_ttl in chosen
-        ):
+        messages = [r.message for r in chosen]
+        encoded = encode_unaddressed(messages)
+        if not any(r.process_at or r.unique_ttl or r.message.group for r in chosen):
             args: list[Any] = [now, b"2", *([b""] * (2 * len(chosen)))]
-            args[2::2] = [message.id for message, _, _ in chosen]
+            args[2::2] = [message.id for message in messages]
             args[3::2] = encoded
             return ("enqueue", keys, args)
         args = [now, b"6"]
         extend = args.extend
-        for (message, process_at, unique_ttl), data in zip(chosen, encoded, strict=True):
+        for r, data in zip(chosen, encoded, strict=True):
+            message, process_at, unique_ttl = r.message, r.process_at, r.unique_ttl
             # Numbers and empty strings already as bytes: they are sent as
             # they are instead of being converted one by one.
             extend(
@@ -621,7 +620,7 @@ class RedisBroker:
 
     @staticmethod
     def _enqueue_results(
-        items: Sequence[tuple[TaskMessage, int, int]],
+        items: Sequence[EnqueueRequest],
         chunks: Sequence[tuple[str, list[int]]],
         replies: Sequence[Any],
     ) -> tuple[list[TaskState | Exception], list[str]]:
@@ -637,11 +636,11 @@ class RedisBroker:
                     results[i] = state
                 elif code == b"C":
                     results[i] = TaskIDConflictError(
-                        f"task id {items[i][0].id!r} already exists in queue {queue!r}"
+                        f"task id {items[i].message.id!r} already exists in queue {queue!r}"
                     )
                 elif code == b"D":
                     results[i] = DuplicateTaskError(
-                        f"unique lock {items[i][0].unique_key!r} in queue {queue!r} is held"
+                        f"unique lock {items[i].message.unique_key!r} in queue {queue!r} is held"
                     )
         return results, registered
 
