@@ -75,6 +75,11 @@ class Taskq:
         self.sync_client = taskq.Client(self.broker)
         if CLIENT == "async":
             self.enqueue = self.enqueue_async  # type: ignore[method-assign]
+        # Connect both producers now. The latency phase's warm-up connects the
+        # one that enqueues single tasks (as it does for every peer); the batch
+        # phase's AsyncClient would otherwise connect inside its timed region.
+        await self.client.ping()
+        self.sync_client.ping()
 
     async def close(self) -> None:
         await self.broker.close()

@@ -185,7 +185,7 @@ class Task:
 
     type: str = attrs.field(validator=lambda _i, _a, v: validate_task_type(v))
     payload: bytes = attrs.field(default=b"", converter=_payload)
-    headers: Mapping[str, str] = attrs.field(factory=dict, converter=_headers)
+    headers: Mapping[str, str] = attrs.field(default=None, converter=_headers)
     queue: str | None = attrs.field(default=None, kw_only=True)
     max_retry: int | None = attrs.field(default=None, kw_only=True)
     timeout: timedelta | None = attrs.field(default=None, kw_only=True)
