@@ -43,10 +43,13 @@ import redis
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.asyncio.connection
+import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.backoff
 import redis.cluster
 import redis.connection
 import redis.exceptions
+import redis.retry
 import redis.sentinel
 
 from taskq.brokers.redis._lean import AnyLane, DriverLane, Lane
@@ -439,8 +442,10 @@ def _sentinel_connector(
         return _sentinel_handle(sentinels, service, master_kwargs, sentinel_kwargs)
 
     def build_sync() -> _SyncHandle:
-        manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            list(sentinels), sentinel_kwargs=dict(sentinel_kwargs), **master_kwargs
+        manager = _SyncSentinel(  # type: ignore[no-untyped-call]
+            list(sentinels),
+            sentinel_kwargs={**sentinel_kwargs, "retry": redis.retry.Retry(_NO_BACKOFF, 0)},
+            **master_kwargs,
         )
         client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
             service, redis_class=redis.Redis
@@ -456,14 +461,95 @@ def _sentinel_connector(
     return Connector(build, url=shown, is_cluster=False, secrets=secrets, sync_factory=build_sync)
 
 
+# Each sentinel is asked once per discovery, with no retries of its own: the
+# next sentinel is the retry, and the master connection's own Retry policy
+# repeats the whole discovery. (With redis-py's default per-sentinel retries a
+# group whose every sentinel refuses the TLS handshake took 11-13 s to fail.)
+_NO_BACKOFF = redis.backoff.NoBackoff()
+
+
+def _sentinel_address(node: Any) -> str:
+    kwargs = node.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+def _pick_master(
+    manager: Any,
+    service: str,
+    index: int,
+    state: dict[str, Any] | None,
+    reasons: list[str],
+) -> tuple[str, int] | None:
+    """The master's address from sentinel ``index``'s answer, or None (and why in ``reasons``).
+
+    As redis-py's ``discover_master``: a master in good state moves the
+    sentinel that named it to the front; ``force_master_ip`` is honoured.
+    """
+    node = manager.sentinels[index]
+    if state and manager.check_master_state(state, service):
+        manager.sentinels[0], manager.sentinels[index] = node, manager.sentinels[0]
+        forced = getattr(manager, "_force_master_ip", None)
+        return (forced if forced is not None else state["ip"]), state["port"]
+    reasons.append(f"{_sentinel_address(node)}: no master {service!r} in good state")
+    return None
+
+
+def _no_master(service: str, reasons: list[str]) -> redis.sentinel.MasterNotFoundError:
+    return redis.sentinel.MasterNotFoundError(
+        f"no sentinel named a master for {service!r}: {'; '.join(reasons)}"
+    )
+
+
+class _AsyncSentinel(redis.asyncio.sentinel.Sentinel):
+    """redis-py's Sentinel, saying why each sentinel gave no master when none did.
+
+    redis-py 8 keeps only each error's class in its message ("network:
+    ConnectionError"); this keeps its text, e.g. the certificate that failed.
+    """
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        reasons: list[str] = []
+        for index, node in enumerate(self.sentinels):
+            try:
+                masters = await node.sentinel_masters()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                reasons.append(f"{_sentinel_address(node)}: {exc}")
+                continue
+            state = masters.get(service_name) if isinstance(masters, dict) else None
+            found = _pick_master(self, service_name, index, state, reasons)
+            if found is not None:
+                return found
+        raise _no_master(service_name, reasons)
+
+
+class _SyncSentinel(redis.sentinel.Sentinel):
+    """:class:`_AsyncSentinel` for the sync client."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        reasons: list[str] = []
+        for index, node in enumerate(self.sentinels):
+            try:
+                masters = node.sentinel_masters()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                reasons.append(f"{_sentinel_address(node)}: {exc}")
+                continue
+            state = masters.get(service_name) if isinstance(masters, dict) else None
+            found = _pick_master(self, service_name, index, state, reasons)
+            if found is not None:
+                return found
+        raise _no_master(service_name, reasons)
+
+
 def _sentinel_handle(
     sentinels: Sequence[tuple[str, int]],
     service: str,
     master_kwargs: dict[str, Any],
     sentinel_kwargs: dict[str, Any],
 ) -> _Handle:
-    manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-        list(sentinels), sentinel_kwargs=dict(sentinel_kwargs), **master_kwargs
+    manager = _AsyncSentinel(  # type: ignore[no-untyped-call]
+        list(sentinels),
+        sentinel_kwargs={**sentinel_kwargs, "retry": redis.asyncio.retry.Retry(_NO_BACKOFF, 0)},
+        **master_kwargs,
     )
     client = manager.master_for(service, redis_class=redis.asyncio.Redis)
 
