@@ -26,11 +26,13 @@ machine. How it works, and why:
   it at once (in-process notification). Writes from *other* connections are
   detected by the broker thread with ``PRAGMA data_version``, which changes
   exactly when another connection committed: a few microseconds of work, done
-  only while somebody waits and at most every ``watch_interval`` ms (10 by
-  default). That is bounded, cheap polling of a counter in shared memory, not
-  a polling of the queue; an idle broker with nobody waiting does nothing at
-  all. A wake-up that finds nothing (some other table changed) costs one
-  read-only query and never takes the write lock.
+  only while somebody waits: every 2 ms for ``watch_interval`` ms after a
+  check that saw a commit, then twice as long after each check that saw
+  none, up to ``watch_interval`` ms (10 by default). That is bounded, cheap
+  polling of a counter in shared memory, not a polling of the queue; an idle
+  broker with nobody waiting does nothing at all. A wake-up that finds
+  nothing (some other table changed) costs one read-only query and never
+  takes the write lock.
 * **Schema** is created on first use and versioned in the ``meta`` table; a
   file written by a newer taskq raises :class:`~taskq.errors.SchemaVersionError`
   instead of being misread.
@@ -1450,6 +1452,37 @@ _Outcome = tuple[bool, Any]
 _GROUP_MAX = 64
 
 
+_WATCH_FLOOR = 0.002
+"""Seconds between change checks for a while after another process committed."""
+
+
+class _WatchPace:
+    """How long the broker thread waits between checks for other processes' commits.
+
+    For ``ceiling`` seconds after a check found a commit, 2 ms (or
+    ``ceiling`` if smaller); then each check that finds none doubles the
+    wait, up to ``ceiling`` (the broker's ``watch_interval``). While other
+    processes write, a waiting worker hears of it within about 2 ms; on a
+    quiet file the checks slow to one per ``ceiling`` within a few more.
+    """
+
+    __slots__ = ("ceiling", "interval", "last_change")
+
+    def __init__(self, ceiling: float) -> None:
+        self.ceiling = ceiling
+        self.interval = ceiling
+        self.last_change = -ceiling
+
+    def checked(self, changed: bool, now: float) -> None:
+        """Set the next wait after a check at ``now`` that found a commit (``changed``) or none."""
+        if changed:
+            self.last_change = now
+        if now - self.last_change < self.ceiling:
+            self.interval = min(_WATCH_FLOOR, self.ceiling)
+        else:
+            self.interval = min(self.interval * 2, self.ceiling)
+
+
 class _Worker:
     """The one thread that owns the connection: runs jobs in order and watches for changes.
 
@@ -1530,9 +1563,13 @@ class _Worker:
 
     def _main(self) -> None:
         last_check = 0.0
+        pace = _WatchPace(self._watch_interval)
         while True:
+            timeout = None
+            if self._waiters:
+                timeout = max(0.0, last_check + pace.interval - time.monotonic())
             try:
-                job = self._jobs.get(timeout=self._watch_interval if self._waiters else None)
+                job = self._jobs.get(timeout=timeout)
             except queue_module.Empty:
                 pass
             else:
@@ -1550,13 +1587,16 @@ class _Worker:
                     return
             store = self._store
             now = time.monotonic()
-            if store is not None and self._waiters and now - last_check >= self._watch_interval:
+            if store is not None and self._waiters and now - last_check >= pace.interval:
                 last_check = now
                 try:
-                    if store.changed_elsewhere():
-                        self._wake(lambda w: True)
+                    changed = store.changed_elsewhere()
                 except sqlite3.Error as exc:
                     _log.debug("SQLite broker change check failed: %s", exc)
+                    changed = False
+                pace.checked(changed, now)
+                if changed:
+                    self._wake(lambda w: True)
 
     def _outcome(self, store: _Store, fn: Callable[[_Store], Any]) -> _Outcome:
         try:
@@ -1693,8 +1733,10 @@ class SQLiteBroker:
             lock before :class:`~taskq.errors.BrokerTimeoutError`.
         synchronous: ``"NORMAL"`` (survives process crashes) or ``"FULL"``
             (also power loss, at a cost per commit).
-        watch_interval: ms between checks for commits by other processes
-            while a dequeue or cancellation subscriber waits.
+        watch_interval: the longest wait, in ms, between checks for commits
+            by other processes while a dequeue or cancellation subscriber
+            waits (every 2 ms for this long after a check that saw one,
+            then doubling up to this).
 
     Raises:
         InvalidArgumentError: an invalid option.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import os
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ import pytest
 
 import taskq
 from taskq.brokers.base import EnqueueRequest
-from taskq.brokers.sqlite import SQLiteBroker
+from taskq.brokers.sqlite import SQLiteBroker, _WatchPace
 from taskq.errors import (
     BrokerConnectionError,
     BrokerTimeoutError,
@@ -179,6 +180,50 @@ async def test_another_connection_s_enqueue_wakes_a_waiting_dequeue_promptly(
     assert delivery.message.id == "from-elsewhere"
     assert time.monotonic() - started < 0.05
     await other.close()
+
+
+def test_change_checks_speed_up_after_a_commit_elsewhere_and_slow_down_when_quiet() -> None:
+    pace = _WatchPace(0.010)
+    assert pace.interval == 0.010  # nothing seen yet: the broker's watch_interval
+    pace.checked(True, now=100.0)
+    assert pace.interval == 0.002
+    pace.checked(False, now=100.009)  # still within watch_interval of the commit
+    assert pace.interval == 0.002
+    intervals = []
+    for now in (100.011, 100.015, 100.023, 100.040):
+        pace.checked(False, now)
+        intervals.append(pace.interval)
+    assert intervals == [0.004, 0.008, 0.010, 0.010]
+    pace.checked(True, now=101.0)
+    assert pace.interval == 0.002
+    assert _WatchPace(0.001).interval == 0.001
+    tight = _WatchPace(0.001)
+    tight.checked(True, now=5.0)
+    assert tight.interval == 0.001  # never slower than watch_interval
+
+
+async def test_a_waiting_dequeue_checks_every_2_ms_after_another_process_commits(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A commit elsewhere (the first check reports one) makes the broker thread
+    # check every 2 ms for the next watch_interval (200 ms): about 100 checks
+    # where a fixed interval would make 2.
+    checks: list[float] = []
+
+    def changed_elsewhere(store: Any) -> bool:
+        checks.append(time.monotonic())
+        return len(checks) == 1
+
+    monkeypatch.setattr("taskq.brokers.sqlite._Store.changed_elsewhere", changed_elsewhere)
+    broker = SQLiteBroker(str(db_path), watch_interval=200)
+    try:
+        await broker.ping()
+        assert await broker.dequeue([QUEUE], count=1, lease=1_000, wait=300) == []
+    finally:
+        await broker.close()
+    fast = [b - a for a, b in itertools.pairwise(checks) if b - checks[0] < 0.2]
+    assert len(fast) > 20, f"{len(checks)} checks in 300 ms"
+    assert sorted(fast)[len(fast) // 2] < 0.01
 
 
 async def test_an_idle_waiting_dequeue_uses_almost_no_cpu(broker: SQLiteBroker) -> None:
