@@ -330,7 +330,7 @@ def test_max_connections_bounds_the_sockets_of_concurrent_threads(broker: RedisB
         t.start()
     inside.wait(10)
     try:
-        with pytest.raises(redis.exceptions.MaxConnectionsError):
+        with pytest.raises(redis.exceptions.MaxConnectionsError, match="max_connections=2 are"):
             lane.call("PING")
     finally:
         release.set()

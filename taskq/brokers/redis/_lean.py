@@ -443,7 +443,10 @@ class Lane:
         if self._closed:
             raise redis.exceptions.ConnectionError(_CLOSED_BY_BROKER)
         if self._open >= self._max:
-            raise redis.exceptions.MaxConnectionsError("Too many connections")
+            raise redis.exceptions.MaxConnectionsError(
+                f"Too many connections: max_connections={self._max} are open (the broker's "
+                "shared connection and one per waiting dequeue; a worker needs at least 2)"
+            )
         self._open += 1
         generation = self._generation
         try:

@@ -253,7 +253,10 @@ class SyncLane:
             raise redis.exceptions.ConnectionError(_lean._CLOSED_BY_BROKER)
         with self._lock:
             if self._open >= self._max:
-                raise redis.exceptions.MaxConnectionsError("Too many connections")
+                raise redis.exceptions.MaxConnectionsError(
+                    f"Too many connections: max_connections={self._max} are open "
+                    "(one per thread calling the sync Client)"
+                )
             self._open += 1
             generation = self._generation
         try:
