@@ -285,6 +285,14 @@ def _load(raw: bytes, queue: str, task_id: str) -> TaskMessage:
         )
 
 
+def _is_plain(req: EnqueueRequest, now: int) -> bool:
+    """A request that :meth:`_Store._store` puts straight into pending, without a unique lock."""
+    message = req.message
+    if req.process_at > now or message.group:
+        return False
+    return not (req.unique_ttl > 0 and message.unique_key)
+
+
 def _chunks(items: Sequence[_T], size: int = _MAX_PARAMS) -> Iterable[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -633,6 +641,8 @@ class _Store:
     def _store_chunk(
         self, requests: Sequence[EnqueueRequest], now: int
     ) -> list[TaskState | Exception]:
+        if all(_is_plain(req, now) for req in requests):
+            return self._store_plain(requests, now)
         out: list[TaskState | Exception] = []
         for req in requests:
             try:
@@ -641,6 +651,53 @@ class _Store:
                 out.append(exc)
             else:
                 out.append(TaskState(state))
+        return out
+
+    def _store_plain(
+        self, requests: Sequence[EnqueueRequest], now: int
+    ) -> list[TaskState | Exception]:
+        """:meth:`_store_chunk` for requests that all go to pending (the common bulk load).
+
+        The same checks and rows as :meth:`_store` task by task, with per
+        queue one registration, one look-up of the ids already stored (in
+        slices of ``_MAX_PARAMS``), one read of the tail position and one
+        ``executemany`` instead of four statements per task. FIFO order holds:
+        positions follow the requests' order.
+        """
+        conn = self.conn
+        out: list[TaskState | Exception] = [TaskState.PENDING] * len(requests)
+        by_queue: dict[str, list[int]] = {}
+        for index, req in enumerate(requests):
+            by_queue.setdefault(req.message.queue, []).append(index)
+        for queue, indexes in by_queue.items():
+            self._register_queue(queue)
+            stored: set[str] = set()
+            for part in _chunks([requests[i].message.id for i in indexes]):
+                rows = conn.execute(
+                    f"SELECT id FROM tasks WHERE queue = ? AND id IN ({_placeholders(len(part))})",
+                    (queue, *part),
+                )
+                stored.update(row[0] for row in rows)
+            pos = self._tail_pos(queue)
+            new_rows = []
+            for index in indexes:
+                message = requests[index].message
+                if message.id in stored:
+                    out[index] = TaskIDConflictError(
+                        f"task id {message.id!r} already exists in {queue!r}"
+                    )
+                    continue
+                stored.add(message.id)  # a repeat later in the batch conflicts too
+                row = (queue, message.id, _PENDING, pos, message.encode(), "")
+                new_rows.append((*row, message.unique_key, now))
+                pos += 1
+            if new_rows:
+                conn.executemany(
+                    "INSERT INTO tasks (queue, id, state, pos, msg, grp, unique_key,"
+                    " pending_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    new_rows,
+                )
+                self.woken_queues.add(queue)
         return out
 
     # ------------------------------------------------------------ consuming

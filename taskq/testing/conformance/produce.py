@@ -223,5 +223,30 @@ class ProduceConformance(ConformanceBase):
         got = await broker.dequeue([QUEUE], count=20, lease=1000)
         assert [d.message.id for d in got] == [m.id for m in messages]
 
+    async def test_enqueue_many_of_plain_tasks_of_two_queues_refuses_stored_and_repeated_ids(
+        self, broker: Broker
+    ) -> None:
+        # All due now, no group, no unique lock (the bulk load some brokers
+        # store in one go): each queue keeps its order, an id already stored
+        # or repeated in the batch is refused, the rest are stored.
+        await broker.enqueue(make_message("taken"))
+        batch = []
+        for n in range(30):
+            queue = QUEUE if n % 2 else OTHER
+            batch.append(make_message(f"t{n}", queue=queue))
+        batch[7] = make_message("taken")
+        batch[12] = make_message("t4", queue=OTHER)
+        results = await broker.enqueue_many([EnqueueRequest(m) for m in batch])
+        refused = {i for i, r in enumerate(results) if isinstance(r, TaskIDConflictError)}
+        assert refused == {7, 12}
+        assert all(results[i] is TaskState.PENDING for i in range(30) if i not in refused)
+        for queue in (QUEUE, OTHER):
+            want = [m.id for i, m in enumerate(batch) if m.queue == queue and i not in refused]
+            if queue == QUEUE:
+                want.insert(0, "taken")
+            got = await broker.dequeue([queue], count=100, lease=1000)
+            assert [d.message.id for d in got] == want
+            assert [d.message for d in got][-1] == batch[29 if queue == QUEUE else 28]
+
     async def test_enqueue_many_of_nothing_returns_nothing(self, broker: Broker) -> None:
         assert await broker.enqueue_many([]) == []
