@@ -771,37 +771,23 @@ class AsyncClient:
         prototypes: dict[tuple[Any, ...], dict[str, Any]] = {}
         out: list[TaskInfo] = []
         append = out.append
-        last: _Plan | None = None
-        base: dict[str, Any] = {}
         for plan in plans:
             msg = plan.message
-            # The state follows from process_at and group (now is the same for
-            # all). Runs of plans from one prototype skip the lookup.
-            if (
-                last is None
-                or plan.options is not last.options
-                or plan.process_at != last.process_at
-                or msg.group != last.message.group
-                or msg.queue != last.message.queue
-                or msg.max_retry != last.message.max_retry
-                or msg.enqueued_at != last.message.enqueued_at
-            ):
-                last = plan
-                key = (
-                    plan.options,
-                    plan.process_at,
-                    msg.group,
-                    msg.queue,
-                    msg.max_retry,
-                    msg.enqueued_at,
-                )
-                found = prototypes.get(key)
-                if found is None:
-                    first = info(plan, _target_state(plan, now), times)
-                    base = prototypes[key] = first.__dict__
-                    append(first)
-                    continue
-                base = found
+            # The state follows from process_at and group (now is the same for all).
+            key = (
+                plan.options,
+                plan.process_at,
+                msg.group,
+                msg.queue,
+                msg.max_retry,
+                msg.enqueued_at,
+            )
+            base = prototypes.get(key)
+            if base is None:
+                first = info(plan, _target_state(plan, now), times)
+                prototypes[key] = first.__dict__
+                append(first)
+                continue
             made = new(TaskInfo)
             fields = made.__dict__
             fields.update(base)
