@@ -492,15 +492,14 @@ class RedisBroker:
                 return None
             command = client.execute_command  # untyped in redis-py
             pipeline = functools.partial(_driver_pipeline, client)
-        items = requests
-        chunks, calls = self._enqueue_calls(items)
+        chunks, calls = self._enqueue_calls(requests)
         if not calls:
             return []
         try:
             replies = self._run_many_blocking(command, pipeline, calls)
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, "enqueue") from exc
-        results, registered = self._enqueue_results(items, chunks, replies)
+        results, registered = self._enqueue_results(requests, chunks, replies)
         if registered:
             try:
                 command("SADD", self._fleet.queues, *registered)

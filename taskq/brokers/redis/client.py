@@ -473,19 +473,24 @@ def _sentinel_address(node: Any) -> str:
     return f"{kwargs.get('host')}:{kwargs.get('port')}"
 
 
-def _pick_master(
-    manager: Any,
-    service: str,
-    index: int,
-    state: dict[str, Any] | None,
-    reasons: list[str],
+_SENTINEL_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+"""What asking one sentinel may raise and the lookup goes on after (as redis-py's)."""
+
+
+def _consider(
+    manager: Any, service: str, index: int, answer: object, reasons: list[str]
 ) -> tuple[str, int] | None:
     """The master's address from sentinel ``index``'s answer, or None (and why in ``reasons``).
 
+    ``answer`` is its reply to SENTINEL MASTERS or the error asking raised.
     As redis-py's ``discover_master``: a master in good state moves the
     sentinel that named it to the front; ``force_master_ip`` is honoured.
     """
     node = manager.sentinels[index]
+    if isinstance(answer, BaseException):
+        reasons.append(f"{_sentinel_address(node)}: {answer}")
+        return None
+    state = answer.get(service) if isinstance(answer, dict) else None
     if state and manager.check_master_state(state, service):
         manager.sentinels[0], manager.sentinels[index] = node, manager.sentinels[0]
         forced = getattr(manager, "_force_master_ip", None)
@@ -505,18 +510,18 @@ class _AsyncSentinel(redis.asyncio.sentinel.Sentinel):
 
     redis-py 8 keeps only each error's class in its message ("network:
     ConnectionError"); this keeps its text, e.g. the certificate that failed.
+    Only the asking differs from :class:`_SyncSentinel`; :func:`_consider`
+    reads each answer for both.
     """
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
         reasons: list[str] = []
         for index, node in enumerate(self.sentinels):
             try:
-                masters = await node.sentinel_masters()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                reasons.append(f"{_sentinel_address(node)}: {exc}")
-                continue
-            state = masters.get(service_name) if isinstance(masters, dict) else None
-            found = _pick_master(self, service_name, index, state, reasons)
+                answer: object = await node.sentinel_masters()
+            except _SENTINEL_ERRORS as exc:
+                answer = exc
+            found = _consider(self, service_name, index, answer, reasons)
             if found is not None:
                 return found
         raise _no_master(service_name, reasons)
@@ -529,12 +534,10 @@ class _SyncSentinel(redis.sentinel.Sentinel):
         reasons: list[str] = []
         for index, node in enumerate(self.sentinels):
             try:
-                masters = node.sentinel_masters()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                reasons.append(f"{_sentinel_address(node)}: {exc}")
-                continue
-            state = masters.get(service_name) if isinstance(masters, dict) else None
-            found = _pick_master(self, service_name, index, state, reasons)
+                answer: object = node.sentinel_masters()
+            except _SENTINEL_ERRORS as exc:
+                answer = exc
+            found = _consider(self, service_name, index, answer, reasons)
             if found is not None:
                 return found
         raise _no_master(service_name, reasons)
