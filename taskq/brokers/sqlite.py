@@ -285,6 +285,17 @@ def _load(raw: bytes, queue: str, task_id: str) -> TaskMessage:
         )
 
 
+_INSERT_TASK = (
+    "INSERT INTO tasks (queue, id, state, pos, msg, grp, unique_key, pending_since)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+"""A new task's row, as :meth:`_Store._store` and :meth:`_Store._store_plain` write it."""
+
+
+def _id_taken(task_id: str, queue: str) -> TaskIDConflictError:
+    return TaskIDConflictError(f"task id {task_id!r} already exists in {queue!r}")
+
+
 def _is_plain(req: EnqueueRequest, now: int) -> bool:
     """A request that :meth:`_Store._store` puts straight into pending, without a unique lock."""
     message = req.message
@@ -600,7 +611,7 @@ class _Store:
         if conn.execute(
             "SELECT 1 FROM tasks WHERE queue = ? AND id = ?", (queue, message.id)
         ).fetchone():
-            raise TaskIDConflictError(f"task id {message.id!r} already exists in {queue!r}")
+            raise _id_taken(message.id, queue)
         key = message.unique_key
         if unique_ttl > 0 and key:
             held = conn.execute(
@@ -622,9 +633,7 @@ class _Store:
             state, pos = _PENDING, self._tail_pos(queue)
             self.woken_queues.add(queue)
         conn.execute(
-            "INSERT INTO tasks (queue, id, state, pos, msg, grp, unique_key, pending_since)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (queue, message.id, state, pos, message.encode(), message.group, key, now),
+            _INSERT_TASK, (queue, message.id, state, pos, message.encode(), message.group, key, now)
         )
         return state
 
@@ -683,20 +692,14 @@ class _Store:
             for index in indexes:
                 message = requests[index].message
                 if message.id in stored:
-                    out[index] = TaskIDConflictError(
-                        f"task id {message.id!r} already exists in {queue!r}"
-                    )
+                    out[index] = _id_taken(message.id, queue)
                     continue
                 stored.add(message.id)  # a repeat later in the batch conflicts too
                 row = (queue, message.id, _PENDING, pos, message.encode(), "")
                 new_rows.append((*row, message.unique_key, now))
                 pos += 1
             if new_rows:
-                conn.executemany(
-                    "INSERT INTO tasks (queue, id, state, pos, msg, grp, unique_key,"
-                    " pending_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    new_rows,
-                )
+                conn.executemany(_INSERT_TASK, new_rows)
                 self.woken_queues.add(queue)
         return out
 
@@ -1041,7 +1044,7 @@ class _Store:
                 "SELECT set_id FROM tasks WHERE queue = ? AND id = ?", (queue, message.id)
             ).fetchone()
             if row is not None and row[0] != set_id:
-                raise TaskIDConflictError(f"task id {message.id!r} already exists in {queue!r}")
+                raise _id_taken(message.id, queue)
             self._drop_set(queue, set_id)
             self._store(message, 0, 0, now, pending=True)
             return True
