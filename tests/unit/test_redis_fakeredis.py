@@ -33,11 +33,17 @@ from taskq.errors import (
 )
 from taskq.task import TaskMessage, TaskState
 from taskq.testing import FakeClock
+from taskq.testing.clock import DEFAULT_START
 
 SECRET = "hunter2-very-secret"
 
 
+_START_MS = int(DEFAULT_START.timestamp() * 1000)
+
+
 def _message(task_id: str = "t1", queue: str = "q", **fields: object) -> TaskMessage:
+    # enqueued_at as the clients set it: plain chunks take the lean layout
+    fields.setdefault("enqueued_at", _START_MS)
     return TaskMessage(id=task_id, type="test:task", payload=b"{}", queue=queue, **fields)  # type: ignore[arg-type]
 
 
@@ -188,6 +194,8 @@ def test_a_chunk_of_plain_tasks_is_sent_as_ids_and_messages_only(broker: RedisBr
         EnqueueRequest(_message("s"), 5, 0),
         EnqueueRequest(_message("u", unique_key="k"), 0, 60_000),
         EnqueueRequest(_message("g", group="g"), 0, 0),
+        # no enqueued_at to be pending since: stored with a state entry
+        EnqueueRequest(_message("e", enqueued_at=0), 0, 0),
     ]:
         _, _, args = broker._enqueue_call([*plain, odd], "q", [0, 1, 2, 3], "")
         assert (args[1], len(args)) == (b"6", 2 + 6 * 4)

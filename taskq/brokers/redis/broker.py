@@ -586,15 +586,19 @@ class RedisBroker:
     ) -> tuple[str, Sequence[str | bytes], Sequence[Any]]:
         """The enqueue script call storing ``items[i]`` for each i of ``chunk`` in ``queue``.
 
-        A chunk of plain tasks (due now, no group, no unique lock: the common
-        bulk load) is sent as id and message only, two values per task
-        instead of six.
+        A chunk of plain tasks (due now, no group, no unique lock, an
+        enqueued_at: the common load, which the clients always give) is sent
+        as id and message only, two values per task instead of six, and is
+        stored without state entries: pending since its enqueued_at.
         """
         keys = self._keys_for("enqueue", queue)
         chosen = [items[i] for i in chunk]
         messages = [r.message for r in chosen]
         encoded = encode_unaddressed(messages)
-        if not any(r.process_at or r.unique_ttl or r.message.group for r in chosen):
+        if all(
+            m.enqueued_at and not (r.process_at or r.unique_ttl or m.group)
+            for r, m in zip(chosen, messages, strict=True)
+        ):
             args: list[Any] = [now, b"2", *([b""] * (2 * len(chosen)))]
             args[2::2] = [message.id for message in messages]
             args[3::2] = encoded
@@ -717,7 +721,9 @@ class RedisBroker:
                 ref = LeaseRef(queues[int(reply[i])], _text(reply[i + 1]), token)
                 await self.archive(ref, error=f"undecodable task message: {exc}")
                 continue
-            out.append(Delivery(message, token, expires, now, int(reply[i + 4])))
+            # 0: pending without a state entry, since its enqueued_at (see _lib.lua)
+            since = int(reply[i + 4]) or message.enqueued_at
+            out.append(Delivery(message, token, expires, now, since))
         return out
 
     async def _wait_and_take(

@@ -8,8 +8,14 @@
 --   states HASH: task id -> <one letter><entered-at ms>[:<seq>], the letter being
 --     p pending, a active, s scheduled, r retry, x archived, c completed,
 --     g aggregating (in its group), G aggregating (in an aggregation set).
---     For "a" the time is when the task became pending; for g/G it is when it
---     joined its group, and <seq> orders members that joined in the same ms.
+--     For "a" the time is when the task became pending (0 = its message's
+--     enqueued_at); for g/G it is when it joined its group, and <seq> orders
+--     members that joined in the same ms.
+--     A task enqueued straight to pending by a plain batch (enqueue's layout
+--     "2") has no entry: a task with a message and no state is pending, since
+--     its message's enqueued_at. That saves a hash entry (about 100 bytes) and
+--     a write per task of the common bulk load. Every task has a message, so
+--     the messages hash is the index of the queue's tasks.
 --   Sorted sets ordered by time use score = ms + (seq mod 1024) / 1024, so that
 --   tasks entering in the same millisecond keep their order; floor() gives ms.
 --   Group and aggregation-set members are lexicographic ZSET members:
@@ -46,10 +52,22 @@ local function order_of(ms, seq)
   return string.format('%015d%012d', ms, seq)
 end
 
--- state letter, entered-at ms and the optional ":<extra>" part; nil when absent
+-- The enqueued_at (epoch ms) of an encoded message, 0 when it has none. Reads
+-- the field's text rather than decoding the message (a payload is base64 and
+-- other strings are JSON-escaped, so the pattern cannot match inside them).
+local function enqueued_at_of(message)
+  return tonumber(string.match(message, '"enqueued_at"%s*:%s*(%d+)')) or 0
+end
+
+-- state letter, entered-at ms and the optional ":<extra>" part; nil when there is
+-- no such task. A task without a state entry is pending, since its enqueued_at.
 local function get_state(K, id)
   local v = redis.call('HGET', K.states, id)
   if not v then
+    local message = redis.call('HGET', K.messages, id)
+    if message then
+      return 'p', enqueued_at_of(message), nil
+    end
     return nil, 0, nil
   end
   local colon = string.find(v, ':', 2, true)

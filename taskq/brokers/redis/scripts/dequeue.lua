@@ -4,8 +4,8 @@
 -- KEYS: meta paused pending messages states active leases tokens notify (repeated per queue)
 -- ARGV: now, count, lease (ms), token prefix (random per call)
 -- Returns: {now, then 5 values per task: queue position (0 = first queue), task id,
---   message, token, pending_since}; at most `count` tasks: all the first queue has,
---   then the next queue, and so on.
+--   message, token, pending_since (0: the message's enqueued_at)}; at most `count`
+--   tasks: all the first queue has, then the next queue, and so on.
 --
 -- Paused queues are skipped. Each task gets a fresh token (prefix .. n) and a
 -- lease ending now + lease. A queue's notify list (the wake-up tokens a waiting
@@ -35,11 +35,12 @@ for g = 0, #KEYS / KEY_COUNT - 1 do
       local active, leases, tokens, entered = {}, {}, {}, {}
       for n, id in ipairs(ids) do
         local message, state = messages[n], states[n]
-        -- an id whose task is not pending (left by a crash or a bug) is dropped
-        if message and state and string.sub(state, 1, 1) == 'p' then
+        -- an id whose task is not pending (left by a crash or a bug) is dropped;
+        -- a task without a state entry is pending (see _lib)
+        if message and (not state or string.sub(state, 1, 1) == 'p') then
           taken = taken + 1
           local token = prefix .. fmt(taken)
-          local since = string.sub(state, 2)
+          local since = state and string.sub(state, 2) or '0'
           active[#active + 1] = tscore(NOW, seq + n - 1)
           active[#active + 1] = id
           leases[#leases + 1] = NOW + lease

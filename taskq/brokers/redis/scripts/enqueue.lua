@@ -6,7 +6,8 @@
 --   id, message (encoded TaskMessage), process_at (epoch ms; not in the future = now),
 --   group ("" = none), unique_key ("" = none), unique_ttl (ms; a lock is taken when > 0)
 -- or, with layout "2", only id and message: a batch of plain tasks (due now, no
--- group, no unique lock), which all go to pending.
+-- group, no unique lock, each message with its enqueued_at), which all go to
+-- pending without a state entry (pending since their enqueued_at; see _lib).
 -- Returns: {registered, code...}: registered is 1 when this call created the queue
 --   (the caller then adds it to the global queue set); one code per task, in order:
 --   "p" pending, "s" scheduled, "g" aggregating, "C" the id exists, "D" the unique lock is held.
@@ -14,11 +15,12 @@
 -- A task goes to scheduled when process_at is in the future, else to its group
 -- when it has one, else to pending. Each task is checked before it is written.
 --
--- The writes every accepted task needs (its message, the pending state and the
--- pending list entry) are collected and issued once per batch as variadic
--- HSET/LPUSH calls, in the tasks' order: one redis.call per task instead of
--- four. The ids already stored are read with one HMGET for the whole batch,
--- and a table of the batch's own ids catches a repeated id within it.
+-- The writes every accepted task needs (its message, the pending state of the
+-- full layout and the pending list entry) are collected and issued once per
+-- batch as variadic HSET/LPUSH calls, in the tasks' order: one redis.call per
+-- task instead of four. The ids already stored are read from the messages hash
+-- (every task has a message; a pending task may have no state) with one HMGET
+-- per 1000 ids, and a table of the batch's own ids catches a repeated id within it.
 
 local registered = redis.call('HSETNX', K.meta, 'created', fmt(NOW))
 local out = {registered}
@@ -33,9 +35,9 @@ for i = 3, #ARGV, stride do
 end
 local stored = {}
 for first = 1, #ids, 1000 do
-  local found = redis.call('HMGET', K.states, unpack(ids, first, math.min(first + 999, #ids)))
+  local found = redis.call('HMGET', K.messages, unpack(ids, first, math.min(first + 999, #ids)))
   for k = 1, #found do
-    stored[first + k - 1] = found[k]
+    stored[first + k - 1] = found[k] ~= false
   end
 end
 local n = 0
@@ -49,8 +51,6 @@ if stride == 2 then
       seen[id] = true
       messages[#messages + 1] = id
       messages[#messages + 1] = ARGV[i + 1]
-      states[#states + 1] = id
-      states[#states + 1] = pending_state
       pending[#pending + 1] = id
       out[#out + 1] = 'p'
     end

@@ -21,7 +21,7 @@ local day = fmt(math.floor(NOW / DAY_MS))
 local counts = redis.call('HMGET', K.stats, 'p:' .. day, 'f:' .. day, 'processed', 'failed')
 return {
   NOW,
-  redis.call('HLEN', K.states),
+  redis.call('HLEN', K.messages),
   redis.call('LLEN', K.pending),
   redis.call('ZCARD', K.active),
   redis.call('ZCARD', K.scheduled),

@@ -15,7 +15,7 @@ local active = redis.call('ZCARD', K.active)
 if active > 0 then
   return {'A', active}
 end
-local size = redis.call('HLEN', K.states)
+local size = redis.call('HLEN', K.messages)
 if size > 0 and ARGV[2] ~= '1' then
   return {'E', size}
 end
