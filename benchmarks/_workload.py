@@ -37,6 +37,9 @@ from typing import Any, Protocol
 
 WRITE_INTERVAL = 0.02
 WARMUP_TASKS = 20
+# Callers of the concurrent single-enqueue phase: asyncio tasks for a library
+# whose enqueue is a coroutine, threads for one whose enqueue blocks.
+CALLERS = 16
 
 # --------------------------------------------------------------------------- handler side
 
@@ -294,6 +297,54 @@ class Bench:
             fn(0.0)
         return time.perf_counter() - t0
 
+    def enqueue_concurrently(self, n: int, callers: int) -> float:
+        """Enqueue ``n`` tasks one call at a time from ``callers`` concurrent callers.
+
+        Each caller makes ``n // callers`` calls, one after another, as ``callers``
+        request handlers of one web server process would. A library with a
+        coroutine enqueue (``enqueue_async`` when it has one besides a blocking
+        ``enqueue``) runs them as asyncio tasks on one loop, any other as threads
+        sharing the library's client. Returns the seconds until the last call
+        returned.
+        """
+        per = n // callers
+        fn = getattr(self.a, "enqueue_async", None) or self.a.enqueue
+        if asyncio.iscoroutinefunction(fn):
+            call = fn
+
+            async def caller() -> None:
+                for _ in range(per):
+                    await call(0.0)
+
+            async def go() -> float:
+                t0 = time.perf_counter()
+                await asyncio.gather(*(caller() for _ in range(callers)))
+                return time.perf_counter() - t0
+
+            return float(self.run(go()))
+        start = threading.Barrier(callers + 1)
+        errors: list[BaseException] = []
+
+        def thread_caller() -> None:
+            start.wait()
+            try:
+                for _ in range(per):
+                    fn(0.0)
+            except BaseException as exc:  # reported by the phase, not lost in the thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=thread_caller, daemon=True) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        seconds = time.perf_counter() - t0
+        if errors:
+            raise errors[0]
+        return seconds
+
     def batch_n(self, n: int) -> float | None:
         """Enqueue ``n`` tasks with the library's batch API; None when it has none."""
         fn: BatchFn | None = getattr(self.a, "enqueue_batch", None)
@@ -320,6 +371,12 @@ class Bench:
         self.out["mem_bytes_per_task"] = _delta(before, after, "memory") / n
         if storage is not None and stored == stored:  # NaN: this broker cannot tell
             self.out["mem_bytes_per_task"] = (storage() - stored) / n
+
+    def phase_concurrent(self) -> None:
+        """Time ``n`` single enqueues from :data:`CALLERS` concurrent callers in this process."""
+        per = self.args.n // CALLERS
+        seconds = self.enqueue_concurrently(per * CALLERS, CALLERS)
+        self.out["enqueue_concurrent_rate"] = per * CALLERS / seconds
 
     def phase_batch(self) -> None:
         """Batch enqueue (timed) when the library has one; else refill one by one, untimed.
@@ -442,6 +499,7 @@ class Bench:
             "batch": self.phase_batch,
             "drainN": lambda: self.phase_drain(self.args.procs, "drainN"),
             "latency": self.phase_latency,
+            "concurrent": self.phase_concurrent,
         }
         try:
             for name in self.args.phases.split(","):
@@ -469,8 +527,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--latency-n", type=int, default=500)
     parser.add_argument("--latency-spacing", type=float, default=0.005)
-    # Latency first, while the queue is empty (a capped drain leaves tasks behind).
-    parser.add_argument("--phases", default="latency,enqueue,drain1,batch,drainN")
+    # Latency first, while the queue is empty (a capped drain leaves tasks behind);
+    # the concurrent enqueue last, after every drain (its tasks are not drained).
+    parser.add_argument("--phases", default="latency,enqueue,drain1,batch,drainN,concurrent")
     parser.add_argument("--drain-cap", type=float, default=10.0, help="seconds, see phase_drain")
     return parser.parse_args(argv)
 

@@ -55,6 +55,7 @@ ALL = (*TASKQ, *PEERS, REFERENCE)
 # The columns of the report: (key, heading, format, higher is better).
 METRICS: list[tuple[str, str, str, bool]] = [
     ("enqueue_rate", "enqueue/s", "{:,.0f}", True),
+    ("enqueue_concurrent_rate", "enqueue/s, 16 callers", "{:,.0f}", True),
     ("batch_rate", "batch enqueue/s", "{:,.0f}", True),
     ("drain1_rate", "drain 1 proc/s", "{:,.0f}", True),
     ("drainN_rate", "drain N procs/s", "{:,.0f}", True),
