@@ -99,7 +99,9 @@ class Delivery:
         token: the lease token of this attempt; pass it back via :attr:`ref`.
         lease_expires_at: epoch ms when the lease ends unless extended.
         started_at: broker time (epoch ms) of the dequeue.
-        pending_since: broker time (epoch ms) the task became pending (0 if unknown).
+        pending_since: epoch ms the task became pending (0 if unknown): broker
+            time, or the message's ``enqueued_at`` for a task that went straight
+            to pending where the broker does not record that time (Redis).
     """
 
     message: TaskMessage
@@ -154,7 +156,8 @@ class QueueStats:
     """A snapshot of one queue.
 
     ``size`` counts tasks in every state. ``latency`` is the age in ms of the
-    oldest pending task (0 when none). ``processed``/``failed`` are today's
+    oldest pending task (0 when none), measured from when it became pending
+    (see :attr:`Delivery.pending_since`). ``processed``/``failed`` are today's
     (UTC, broker time) counts; the ``_total`` ones are all-time.
     ``memory_bytes`` is None where the broker cannot tell.
     """
