@@ -79,7 +79,7 @@ class Profile:
         return counts.most_common(TOP)
 
     def inclusive(self, role: str, needle: str = "taskq/") -> list[tuple[str, int]]:
-        """Functions whose file path holds ``needle``, by samples in which they were on the stack."""
+        """Functions of files whose path holds ``needle``, by samples with them on the stack."""
         counts: collections.Counter[str] = collections.Counter()
         for frames, count in self.stacks[role]:
             for frame in set(frames):
