@@ -452,8 +452,9 @@ class Timekeeper(Protocol):
     async def forward(self, queue: str, *, limit: int = 1000) -> int:
         """Move up to ``limit`` due scheduled and retry tasks to pending.
 
-        A due task with a group goes to its group (``aggregating``) instead.
-        Returns how many moved. Atomic per chunk.
+        Due scheduled tasks go first, then due retries, each by due time (as
+        asynq's forwarder). A due task with a group goes to its group
+        (``aggregating``) instead. Returns how many moved. Atomic per chunk.
         """
         ...
 

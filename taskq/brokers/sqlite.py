@@ -887,17 +887,18 @@ class _Store:
 
     def forward(self, queue: str, limit: int) -> int:
         def op(now: int) -> int:
+            # Due scheduled tasks first, then due retries, each by due time (as
+            # the Redis and in-memory brokers, and asynq, do).
             due: list[Any] = []
             for state in (_SCHEDULED, _RETRY):
                 due += self.conn.execute(
-                    "SELECT pos, seq, grp FROM tasks WHERE queue = ? AND state = ? AND pos <= ?"
-                    " ORDER BY pos LIMIT ?",
-                    (queue, state, now, limit),
+                    "SELECT seq, grp FROM tasks WHERE queue = ? AND state = ? AND pos <= ?"
+                    " ORDER BY pos, seq LIMIT ?",
+                    (queue, state, now, limit - len(due)),
                 ).fetchall()
-            due.sort()
-            for _, seq, group in due[:limit]:
+            for seq, group in due:
                 self._make_ready(seq, queue, group, now)
-            return min(len(due), limit)
+            return len(due)
 
         return self._write(op)
 

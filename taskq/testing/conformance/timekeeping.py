@@ -114,6 +114,20 @@ class TimeConformance(ConformanceBase):
         got = await broker.dequeue([QUEUE], count=3, lease=1_000)
         assert [d.message.id for d in got] == [early.id, middle.id, late.id]
 
+    async def test_forward_moves_due_scheduled_tasks_before_due_retries(
+        self, broker: Broker, clock: FakeClock
+    ) -> None:
+        # As asynq's forwarder: the scheduled set first, then the retry set,
+        # each by due time; a retry that was due earlier still comes second.
+        (retried,) = await put(broker)
+        await broker.retry((await take(broker)).ref, delay=1_000, error="e")
+        scheduled = make_message()
+        await broker.schedule(scheduled, clock.now_ms() + 2_000)
+        clock.advance(2_000)
+        assert await broker.forward(QUEUE) == 2
+        got = await broker.dequeue([QUEUE], count=2, lease=1_000)
+        assert [d.message.id for d in got] == [scheduled.id, retried.id]
+
     async def test_forward_moves_at_most_limit_tasks(
         self, broker: Broker, clock: FakeClock
     ) -> None:
