@@ -1,0 +1,280 @@
+"""The brokers against each other: random operation sequences, the same observations.
+
+A hypothesis state machine drives the in-memory broker (the reference), the
+Redis broker (on fakeredis) and the SQLite broker with the same operations
+on one fake clock, and after every step compares what a user can observe:
+each operation's result or error, the queue's counts and latency, every
+known task's state, and the ids listed per state in order. The conformance
+suite checks each transition on its own; this finds the sequences where the
+brokers' stored layouts (Redis keeps some pending tasks without a state
+entry, SQLite keeps rows) would make them drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import fakeredis
+import fakeredis.aioredis
+import pytest
+from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from taskq.brokers.base import Broker, EnqueueRequest, LeaseRef
+from taskq.brokers.memory import InMemoryBroker
+from taskq.brokers.redis import RedisBroker
+from taskq.brokers.sqlite import SQLiteBroker
+from taskq.task import TaskMessage, TaskState
+from taskq.testing import FakeClock
+
+QUEUE = "q"
+LEASE = 30_000
+_STATES = [s for s in TaskState if s is not TaskState.AGGREGATING]
+
+
+def _outcome(result: Any) -> Any:
+    """What a call gave, comparable across brokers: the value, or the error's type."""
+    if isinstance(result, BaseException):
+        return ("error", type(result).__name__)
+    if isinstance(result, list):
+        return [_outcome(r) for r in result]
+    return result
+
+
+class BrokersAgree(RuleBasedStateMachine):
+    """Same operations on every broker; the same observations from each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.tmp = TemporaryDirectory()
+        self.clock = FakeClock()
+        self.fake = fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer())
+        self.brokers: dict[str, Broker] = {
+            "memory": InMemoryBroker(clock=self.clock),
+            "redis": RedisBroker(self.fake, clock=self.clock),
+            "sqlite": SQLiteBroker(str(Path(self.tmp.name) / "model.db"), clock=self.clock),
+        }
+        self.ids = itertools.count()
+        self.known: list[str] = []
+        # task id -> broker name -> the lease of its current attempt
+        self.leases: dict[str, dict[str, LeaseRef]] = {}
+
+    def teardown(self) -> None:
+        for broker in self.brokers.values():
+            self.loop.run_until_complete(broker.close())
+        self.loop.run_until_complete(self.fake.aclose())
+        self.loop.close()
+        self.tmp.cleanup()
+
+    def each(self, call: Callable[[Broker], Awaitable[Any]]) -> dict[str, Any]:
+        """Run ``call`` on every broker; return each one's result or error."""
+        out: dict[str, Any] = {}
+        for name, broker in self.brokers.items():
+            try:
+                out[name] = self.loop.run_until_complete(call(broker))
+            except Exception as exc:
+                out[name] = exc
+        return out
+
+    def agree(self, results: dict[str, Any], what: str) -> Any:
+        seen = {name: _outcome(r) for name, r in results.items()}
+        assert len({repr(v) for v in seen.values()}) == 1, f"{what}: {seen}"
+        return results["memory"]
+
+    def tick(self) -> None:
+        """Each step in a millisecond of its own.
+
+        Tasks that enter a state in the same millisecond may be ordered
+        differently by the brokers (SQLite breaks such ties by creation, the
+        others by entry); the contract orders by time, to the millisecond.
+        """
+        self.clock.advance(1)
+
+    def message(self, enqueued: bool = True, **fields: Any) -> TaskMessage:
+        task_id = f"t{next(self.ids)}"
+        self.known.append(task_id)
+        return TaskMessage(
+            id=task_id,
+            type="model:task",
+            payload=b"x",
+            queue=QUEUE,
+            enqueued_at=self.clock.now_ms() if enqueued else 0,
+            **fields,
+        )
+
+    @initialize()
+    def queue_exists(self) -> None:
+        message = self.message()
+        self.agree(self.each(lambda b: b.enqueue(message)), "first enqueue")
+
+    # -- producing
+
+    @rule(enqueued=st.booleans())
+    def enqueue(self, enqueued: bool) -> None:
+        self.tick()
+        message = self.message(enqueued)
+        self.agree(self.each(lambda b: b.enqueue(message)), "enqueue")
+
+    @rule(
+        count=st.integers(1, 4),
+        enqueued=st.booleans(),
+        repeat=st.booleans(),
+        delay=st.sampled_from([0, 0, 1_000]),
+    )
+    def enqueue_many(self, count: int, enqueued: bool, repeat: bool, delay: int) -> None:
+        self.tick()
+        requests = [
+            EnqueueRequest(self.message(enqueued), self.clock.now_ms() + delay if delay else 0)
+            for _ in range(count)
+        ]
+        if repeat:  # an id already stored, or repeated within the call
+            again = TaskMessage(id=self.known[0], type="model:task", payload=b"y", queue=QUEUE)
+            requests.append(EnqueueRequest(again))
+        self.agree(self.each(lambda b: b.enqueue_many(requests)), "enqueue_many")
+
+    @rule(delay=st.sampled_from([1, 500, 5_000]))
+    def schedule(self, delay: int) -> None:
+        self.tick()
+        message = self.message()
+        due = self.clock.now_ms() + delay
+        self.agree(self.each(lambda b: b.schedule(message, process_at=due)), "schedule")
+
+    @rule(key=st.sampled_from(["k1", "k2"]), ttl=st.sampled_from([1_000, 60_000]))
+    def enqueue_unique(self, key: str, ttl: int) -> None:
+        self.tick()
+        message = self.message(unique_key=key)
+        self.agree(self.each(lambda b: b.enqueue(message, unique_ttl=ttl)), "unique enqueue")
+
+    # -- consuming
+
+    @rule(count=st.integers(1, 3))
+    def dequeue(self, count: int) -> None:
+        self.tick()
+        got = self.each(lambda b: b.dequeue([QUEUE], count=count, lease=LEASE))
+        for name, deliveries in got.items():
+            assert not isinstance(deliveries, BaseException), f"{name}: {deliveries!r}"
+        ids = {name: [d.message.id for d in ds] for name, ds in got.items()}
+        assert len({tuple(v) for v in ids.values()}) == 1, f"dequeue: {ids}"
+        for name, deliveries in got.items():
+            for d in deliveries:
+                self.leases.setdefault(d.message.id, {})[name] = d.ref
+
+    def held(self, data: st.DataObject) -> tuple[str, dict[str, LeaseRef]] | None:
+        if not self.leases:
+            return None
+        task_id = data.draw(st.sampled_from(sorted(self.leases)))
+        return task_id, self.leases.pop(task_id)
+
+    @rule(data=st.data(), how=st.sampled_from(["done", "complete", "retry", "skip", "archive"]))
+    def settle(self, data: st.DataObject, how: str) -> None:
+        self.tick()
+        held = self.held(data)
+        if held is None:
+            return
+        task_id, refs = held
+        calls: dict[str, Callable[[Broker, LeaseRef], Awaitable[Any]]] = {
+            "done": lambda b, r: b.done(r),
+            "complete": lambda b, r: b.complete(r, retention=60_000),
+            "retry": lambda b, r: b.retry(r, delay=1_000, error="boom"),
+            "skip": lambda b, r: b.retry(r, delay=0, error="later", is_failure=False),
+            "archive": lambda b, r: b.archive(r, error="dead"),
+        }
+        call = calls[how]
+        results: dict[str, Any] = {}
+        for name, broker in self.brokers.items():
+            try:
+                results[name] = self.loop.run_until_complete(call(broker, refs[name]))
+            except Exception as exc:
+                results[name] = exc
+        self.agree(results, f"{how} {task_id}")
+
+    @rule(data=st.data())
+    def requeue(self, data: st.DataObject) -> None:
+        self.tick()
+        held = self.held(data)
+        if held is None:
+            return
+        _, refs = held
+        results: dict[str, Any] = {}
+        for name, broker in self.brokers.items():
+            try:
+                results[name] = self.loop.run_until_complete(broker.requeue(refs[name]))
+            except Exception as exc:
+                results[name] = exc
+        self.agree(results, "requeue")
+
+    # -- time
+
+    @rule(ms=st.sampled_from([1, 600, 6_000, 40_000]))
+    def advance(self, ms: int) -> None:
+        self.tick()
+        self.clock.advance(ms)
+        self.agree(self.each(lambda b: b.forward(QUEUE)), "forward")
+        got = self.each(lambda b: b.reclaim_expired(QUEUE, lease=LEASE))
+        ids = {name: sorted(d.message.id for d in ds) for name, ds in got.items()}
+        assert len({tuple(v) for v in ids.values()}) == 1, f"reclaim: {ids}"
+        for name, deliveries in got.items():
+            for d in deliveries:
+                self.leases.setdefault(d.message.id, {})[name] = d.ref
+        self.agree(self.each(lambda b: b.delete_expired_completed(QUEUE)), "retention")
+
+    # -- by hand
+
+    @rule(data=st.data(), op=st.sampled_from(["cancel", "delete", "archive", "run"]))
+    def by_hand(self, data: st.DataObject, op: str) -> None:
+        self.tick()
+        task_id = data.draw(st.sampled_from(self.known))
+        calls: dict[str, Callable[[Broker], Awaitable[Any]]] = {
+            "cancel": lambda b: b.request_cancel(task_id, QUEUE),
+            "delete": lambda b: b.delete_task(QUEUE, task_id),
+            "archive": lambda b: b.archive_task(QUEUE, task_id),
+            "run": lambda b: b.run_task(QUEUE, task_id),
+        }
+        self.agree(self.each(calls[op]), f"{op} {task_id}")
+
+    @rule(state=st.sampled_from([TaskState.PENDING, TaskState.SCHEDULED, TaskState.ARCHIVED]))
+    def run_all(self, state: TaskState) -> None:
+        self.tick()
+        self.agree(self.each(lambda b: b.run_all(QUEUE, state, limit=2)), f"run_all {state}")
+
+    # -- what a user sees
+
+    @invariant()
+    def same_counts(self) -> None:
+        stats = self.each(lambda b: b.queue_stats(QUEUE))
+        fields = ("size", "pending", "active", "scheduled", "retry", "archived", "completed")
+        seen = {name: (*(getattr(s, f) for f in fields), s.latency) for name, s in stats.items()}
+        assert len(set(seen.values())) == 1, f"queue_stats {fields} + latency: {seen}"
+
+    @invariant()
+    def same_tasks(self) -> None:
+        for state in _STATES:
+            listed = self.each(lambda b, s=state: b.list_tasks(QUEUE, s, limit=1000))
+            ids = {name: [t.id for t in infos] for name, infos in listed.items()}
+            if state is TaskState.ACTIVE:
+                # The tasks of one dequeue became active in the same millisecond
+                # (see tick); SQLite lists them by creation, the others by dequeue.
+                ids = {name: sorted(v) for name, v in ids.items()}
+            assert len({tuple(v) for v in ids.values()}) == 1, f"list {state}: {ids}"
+        for task_id in self.known:
+            got = self.each(lambda b, i=task_id: b.get_task(QUEUE, i))
+            seen = {
+                name: _outcome(r) if isinstance(r, BaseException) else (r.state, r.retried)
+                for name, r in got.items()
+            }
+            assert len({repr(v) for v in seen.values()}) == 1, f"get_task {task_id}: {seen}"
+
+
+BrokersAgree.TestCase.settings = settings(
+    max_examples=20,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_brokers_agree = pytest.mark.filterwarnings("ignore::ResourceWarning")(BrokersAgree.TestCase)
