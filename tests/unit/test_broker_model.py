@@ -34,7 +34,7 @@ from taskq.testing import FakeClock
 
 QUEUE = "q"
 LEASE = 30_000
-_STATES = [s for s in TaskState if s is not TaskState.AGGREGATING]
+_STATES = list(TaskState)
 
 
 def _outcome(result: Any) -> Any:
@@ -54,21 +54,27 @@ class BrokersAgree(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         self.tmp = TemporaryDirectory()
         self.clock = FakeClock()
-        self.fake = fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer())
+        self.redis = self.redis_client()
         self.brokers: dict[str, Broker] = {
             "memory": InMemoryBroker(clock=self.clock),
-            "redis": RedisBroker(self.fake, clock=self.clock),
+            "redis": RedisBroker(self.redis, clock=self.clock),
             "sqlite": SQLiteBroker(str(Path(self.tmp.name) / "model.db"), clock=self.clock),
         }
         self.ids = itertools.count()
         self.known: list[str] = []
         # task id -> broker name -> the lease of its current attempt
         self.leases: dict[str, dict[str, LeaseRef]] = {}
+        # aggregation set ids, per broker, of sets not finished yet
+        self.sets: list[dict[str, str]] = []
+
+    def redis_client(self) -> Any:
+        """The Redis client under the Redis broker: an empty server of its own."""
+        return fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer())
 
     def teardown(self) -> None:
         for broker in self.brokers.values():
             self.loop.run_until_complete(broker.close())
-        self.loop.run_until_complete(self.fake.aclose())
+        self.loop.run_until_complete(self.redis.aclose())
         self.loop.close()
         self.tmp.cleanup()
 
@@ -243,12 +249,91 @@ class BrokersAgree(RuleBasedStateMachine):
         self.tick()
         self.agree(self.each(lambda b: b.run_all(QUEUE, state, limit=2)), f"run_all {state}")
 
+    @rule(state=st.sampled_from([TaskState.PENDING, TaskState.RETRY, TaskState.ARCHIVED]))
+    def archive_or_delete_all(self, state: TaskState) -> None:
+        self.tick()
+        if state is TaskState.ARCHIVED:
+            self.agree(self.each(lambda b: b.delete_all(QUEUE, state, limit=2)), "delete_all")
+        else:
+            # one at a time: two tasks archived in one millisecond tie (see tick)
+            self.agree(self.each(lambda b: b.archive_all(QUEUE, state, limit=1)), "archive_all")
+
+    @rule(pause=st.booleans())
+    def pause(self, pause: bool) -> None:
+        self.tick()
+        if pause:
+            self.agree(self.each(lambda b: b.pause_queue(QUEUE)), "pause")
+        else:
+            self.agree(self.each(lambda b: b.unpause_queue(QUEUE)), "unpause")
+
+    # -- groups
+
+    @rule(group=st.sampled_from(["g1", "g2"]))
+    def add_to_group(self, group: str) -> None:
+        self.tick()
+        message = self.message(group=group)
+        self.agree(self.each(lambda b: b.add_to_group(message)), "add_to_group")
+
+    @rule(group=st.sampled_from(["g1", "g2"]), max_size=st.sampled_from([0, 2]))
+    def aggregation_check(self, group: str, max_size: int) -> None:
+        self.tick()
+        got = self.each(
+            lambda b: b.aggregation_check(QUEUE, group, grace_period=0, max_size=max_size)
+        )
+        made = {name: r is not None for name, r in got.items()}
+        assert len(set(made.values())) == 1, f"aggregation_check {group}: {got}"
+        if made["memory"]:
+            members = {
+                name: [
+                    m.id
+                    for m in self.loop.run_until_complete(
+                        self.brokers[name].read_aggregation_set(QUEUE, group, set_id)
+                    )
+                ]
+                for name, set_id in got.items()
+            }
+            assert len({tuple(v) for v in members.values()}) == 1, f"set members: {members}"
+            self.sets.append({"group": group, **got})
+
+    @rule(data=st.data(), finish=st.booleans())
+    def end_aggregation(self, data: st.DataObject, finish: bool) -> None:
+        self.tick()
+        if not self.sets:
+            return
+        entry = self.sets.pop(data.draw(st.integers(0, len(self.sets) - 1)))
+        group = entry.pop("group")
+        if finish:
+            message = self.message()
+            results = self.each(
+                lambda b: b.finish_aggregation(QUEUE, group, entry[self.name_of(b)], message)
+            )
+            self.agree(results, "finish_aggregation")
+        else:
+            results = self.each(
+                lambda b: b.delete_aggregation_set(QUEUE, group, entry[self.name_of(b)])
+            )
+            self.agree(results, "delete_aggregation_set")
+
+    def name_of(self, broker: Broker) -> str:
+        return next(name for name, b in self.brokers.items() if b is broker)
+
     # -- what a user sees
 
     @invariant()
     def same_counts(self) -> None:
         stats = self.each(lambda b: b.queue_stats(QUEUE))
-        fields = ("size", "pending", "active", "scheduled", "retry", "archived", "completed")
+        fields = (
+            "size",
+            "pending",
+            "active",
+            "scheduled",
+            "retry",
+            "archived",
+            "completed",
+            "aggregating",
+            "groups",
+            "paused",
+        )
         seen = {name: (*(getattr(s, f) for f in fields), s.latency) for name, s in stats.items()}
         assert len(set(seen.values())) == 1, f"queue_stats {fields} + latency: {seen}"
 
