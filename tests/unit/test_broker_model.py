@@ -29,7 +29,7 @@ from taskq.brokers.base import Broker, EnqueueRequest, LeaseRef
 from taskq.brokers.memory import InMemoryBroker
 from taskq.brokers.redis import RedisBroker
 from taskq.brokers.sqlite import SQLiteBroker
-from taskq.task import TaskMessage, TaskState
+from taskq.task import TaskInfo, TaskMessage, TaskState
 from taskq.testing import FakeClock
 
 QUEUE = "q"
@@ -44,6 +44,26 @@ def _outcome(result: Any) -> Any:
     if isinstance(result, list):
         return [_outcome(r) for r in result]
     return result
+
+
+async def _write_and_complete(broker: Broker, ref: LeaseRef) -> None:
+    await broker.write_result(ref, b"result of " + ref.task_id.encode())
+    await broker.complete(ref, retention=60_000)
+
+
+def _seen(info: TaskInfo) -> tuple[Any, ...]:
+    """What get_task shows of a task, beyond its id."""
+    return (
+        info.state,
+        info.retried,
+        info.last_error,
+        info.last_failed_at,
+        info.next_process_at,
+        info.result,
+        info.is_orphaned,
+        info.group,
+        info.completed_at,
+    )
 
 
 class BrokersAgree(RuleBasedStateMachine):
@@ -186,7 +206,7 @@ class BrokersAgree(RuleBasedStateMachine):
         task_id, refs = held
         calls: dict[str, Callable[[Broker, LeaseRef], Awaitable[Any]]] = {
             "done": lambda b, r: b.done(r),
-            "complete": lambda b, r: b.complete(r, retention=60_000),
+            "complete": lambda b, r: _write_and_complete(b, r),
             "retry": lambda b, r: b.retry(r, delay=1_000, error="boom"),
             "skip": lambda b, r: b.retry(r, delay=0, error="later", is_failure=False),
             "archive": lambda b, r: b.archive(r, error="dead"),
@@ -350,7 +370,7 @@ class BrokersAgree(RuleBasedStateMachine):
         for task_id in self.known:
             got = self.each(lambda b, i=task_id: b.get_task(QUEUE, i))
             seen = {
-                name: _outcome(r) if isinstance(r, BaseException) else (r.state, r.retried)
+                name: _outcome(r) if isinstance(r, BaseException) else _seen(r)
                 for name, r in got.items()
             }
             assert len({repr(v) for v in seen.values()}) == 1, f"get_task {task_id}: {seen}"
