@@ -888,9 +888,10 @@ class _Store:
     def forward(self, queue: str, limit: int) -> int:
         def op(now: int) -> int:
             # Due scheduled tasks first, then due retries, each by due time (as
-            # the Redis and in-memory brokers, and asynq, do).
+            # the Redis and in-memory brokers, and asynq, do). A negative limit
+            # moves nothing (SQLite's LIMIT -1 would mean no limit).
             due: list[Any] = []
-            for state in (_SCHEDULED, _RETRY):
+            for state in (_SCHEDULED, _RETRY) if limit > 0 else ():
                 due += self.conn.execute(
                     "SELECT seq, grp FROM tasks WHERE queue = ? AND state = ? AND pos <= ?"
                     " ORDER BY pos, seq LIMIT ?",

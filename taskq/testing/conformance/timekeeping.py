@@ -134,6 +134,8 @@ class TimeConformance(ConformanceBase):
         for _ in range(5):
             await broker.schedule(make_message(), clock.now_ms() + 10)
         clock.advance(10)
+        assert await broker.forward(QUEUE, limit=0) == 0
+        assert await broker.forward(QUEUE, limit=-1) == 0
         assert await broker.forward(QUEUE, limit=3) == 3
         assert await broker.forward(QUEUE, limit=3) == 2
         assert await broker.forward(QUEUE, limit=3) == 0
