@@ -729,7 +729,7 @@ class InMemoryBroker:
             if q is None:
                 return []
             now = self._now()
-            return list(itertools.islice(self._expired(q, now), limit))
+            return list(itertools.islice(self._expired(q, now), max(limit, 0)))
 
     def _expired(self, q: _Queue, now: int) -> Iterator[str]:
         for task_id in q.active:
@@ -745,7 +745,7 @@ class InMemoryBroker:
                 return []
             now = self._now()
             out: list[Delivery] = []
-            for task_id in list(itertools.islice(self._expired(q, now), limit)):
+            for task_id in list(itertools.islice(self._expired(q, now), max(limit, 0))):
                 entry = q.tasks[task_id]
                 entry.token = self._new_token()
                 entry.lease_expires = now + lease

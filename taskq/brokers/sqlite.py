@@ -904,6 +904,7 @@ class _Store:
         return self._write(op)
 
     def _expired_rows(self, queue: str, now: int, limit: int) -> list[Any]:
+        limit = max(limit, 0)  # SQLite's LIMIT -1 means no limit
         return self.conn.execute(
             "SELECT seq, id, msg, pending_since FROM tasks WHERE queue = ? AND state = 'active'"
             " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY pos LIMIT ?",
@@ -923,7 +924,7 @@ class _Store:
             return self.conn.execute(
                 "DELETE FROM tasks WHERE seq IN (SELECT seq FROM tasks WHERE queue = ?"
                 " AND state = 'completed' AND due <= ? ORDER BY due LIMIT ?)",
-                (queue, now, limit),
+                (queue, now, max(limit, 0)),
             ).rowcount
 
         return self._write(op)

@@ -191,6 +191,9 @@ class TimeConformance(ConformanceBase):
         await broker.extend_leases([deliveries[3].ref], lease=HOUR)
         clock.advance(1_000)
         assert len(await broker.expired_leases(QUEUE, limit=2)) == 2
+        for nothing in (0, -1):  # no limit left: nothing, and no error
+            assert await broker.expired_leases(QUEUE, limit=nothing) == []
+            assert await broker.reclaim_expired(QUEUE, lease=HOUR, limit=nothing) == []
         first = await broker.reclaim_expired(QUEUE, lease=HOUR, limit=2)
         rest = await broker.reclaim_expired(QUEUE, lease=HOUR, limit=2)
         reclaimed = [d.message.id for d in first + rest]
@@ -249,6 +252,8 @@ class TimeConformance(ConformanceBase):
         for delivery in await broker.dequeue([QUEUE], count=5, lease=HOUR):
             await broker.complete(delivery.ref, retention=10)
         clock.advance(10)
+        assert await broker.delete_expired_completed(QUEUE, limit=0) == 0
+        assert await broker.delete_expired_completed(QUEUE, limit=-1) == 0
         assert await broker.delete_expired_completed(QUEUE, limit=3) == 3
         assert await broker.delete_expired_completed(QUEUE, limit=3) == 2
 
