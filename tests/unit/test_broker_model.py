@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from taskq.brokers.base import Broker, EnqueueRequest, LeaseRef
+from taskq.brokers.base import Broker, Delivery, EnqueueRequest, LeaseRef
 from taskq.brokers.memory import InMemoryBroker
 from taskq.brokers.redis import RedisBroker
 from taskq.brokers.sqlite import SQLiteBroker
@@ -187,6 +187,10 @@ class BrokersAgree(RuleBasedStateMachine):
             assert not isinstance(deliveries, BaseException), f"{name}: {deliveries!r}"
         ids = {name: [d.message.id for d in ds] for name, ds in got.items()}
         assert len({tuple(v) for v in ids.values()}) == 1, f"dequeue: {ids}"
+        self.hold(got)
+
+    def hold(self, got: dict[str, list[Delivery]]) -> None:
+        """Keep each broker's lease of every task it handed out."""
         for name, deliveries in got.items():
             for d in deliveries:
                 self.leases.setdefault(d.message.id, {})[name] = d.ref
@@ -212,28 +216,18 @@ class BrokersAgree(RuleBasedStateMachine):
             "archive": lambda b, r: b.archive(r, error="dead"),
         }
         call = calls[how]
-        results: dict[str, Any] = {}
-        for name, broker in self.brokers.items():
-            try:
-                results[name] = self.loop.run_until_complete(call(broker, refs[name]))
-            except Exception as exc:
-                results[name] = exc
-        self.agree(results, f"{how} {task_id}")
+        self.agree(self.each(lambda b: call(b, refs[self.name_of(b)])), f"{how} {task_id}")
 
     @rule(lease=st.sampled_from([1_000, 60_000]))
     def extend(self, lease: int) -> None:
         self.tick()
         held = sorted(self.leases)
-        results: dict[str, Any] = {}
-        for name, broker in self.brokers.items():
-            refs = [self.leases[task_id][name] for task_id in held]
-            try:
-                results[name] = self.loop.run_until_complete(
-                    broker.extend_leases(refs, lease=lease)
-                )
-            except Exception as exc:
-                results[name] = exc
-        self.agree(results, "extend_leases")
+
+        def extend(b: Broker) -> Awaitable[list[bool]]:
+            name = self.name_of(b)
+            return b.extend_leases([self.leases[i][name] for i in held], lease=lease)
+
+        self.agree(self.each(extend), "extend_leases")
 
     @rule()
     def cancel_requested(self) -> None:
@@ -259,13 +253,7 @@ class BrokersAgree(RuleBasedStateMachine):
         if held is None:
             return
         _, refs = held
-        results: dict[str, Any] = {}
-        for name, broker in self.brokers.items():
-            try:
-                results[name] = self.loop.run_until_complete(broker.requeue(refs[name]))
-            except Exception as exc:
-                results[name] = exc
-        self.agree(results, "requeue")
+        self.agree(self.each(lambda b: b.requeue(refs[self.name_of(b)])), "requeue")
 
     # -- time
 
@@ -277,9 +265,7 @@ class BrokersAgree(RuleBasedStateMachine):
         got = self.each(lambda b: b.reclaim_expired(QUEUE, lease=LEASE))
         ids = {name: sorted(d.message.id for d in ds) for name, ds in got.items()}
         assert len({tuple(v) for v in ids.values()}) == 1, f"reclaim: {ids}"
-        for name, deliveries in got.items():
-            for d in deliveries:
-                self.leases.setdefault(d.message.id, {})[name] = d.ref
+        self.hold(got)
         self.agree(self.each(lambda b: b.delete_expired_completed(QUEUE)), "retention")
 
     # -- by hand
