@@ -888,14 +888,14 @@ class _Store:
     def forward(self, queue: str, limit: int) -> int:
         def op(now: int) -> int:
             # Due scheduled tasks first, then due retries, each by due time (as
-            # the Redis and in-memory brokers, and asynq, do). A negative limit
-            # moves nothing (SQLite's LIMIT -1 would mean no limit).
+            # the Redis and in-memory brokers, and asynq, do).
+            wanted = max(limit, 0)  # SQLite's LIMIT -1 means no limit
             due: list[Any] = []
-            for state in (_SCHEDULED, _RETRY) if limit > 0 else ():
+            for state in (_SCHEDULED, _RETRY):
                 due += self.conn.execute(
                     "SELECT seq, grp FROM tasks WHERE queue = ? AND state = ? AND pos <= ?"
                     " ORDER BY pos, seq LIMIT ?",
-                    (queue, state, now, limit - len(due)),
+                    (queue, state, now, wanted - len(due)),
                 ).fetchall()
             for seq, group in due:
                 self._make_ready(seq, queue, group, now)
