@@ -442,12 +442,12 @@ def _sentinel_connector(
         return _sentinel_handle(sentinels, service, master_kwargs, sentinel_kwargs)
 
     def build_sync() -> _SyncHandle:
-        manager = _SyncSentinel(  # type: ignore[no-untyped-call]
+        manager = _SyncSentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(sentinels),
             sentinel_kwargs={**sentinel_kwargs, "retry": redis.retry.Retry(_NO_BACKOFF, 0)},
             **master_kwargs,
         )
-        client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+        client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call, unused-ignore]
             service, redis_class=redis.Redis
         )
 
@@ -549,7 +549,7 @@ def _sentinel_handle(
     master_kwargs: dict[str, Any],
     sentinel_kwargs: dict[str, Any],
 ) -> _Handle:
-    manager = _AsyncSentinel(  # type: ignore[no-untyped-call]
+    manager = _AsyncSentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(sentinels),
         sentinel_kwargs={**sentinel_kwargs, "retry": redis.asyncio.retry.Retry(_NO_BACKOFF, 0)},
         **master_kwargs,
