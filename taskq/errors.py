@@ -35,6 +35,8 @@ code never needs to import a driver to handle a failure::
     ├── SkipRetry                      (archive at once, no retry)
     └── RevokeTask                     (drop the task: no retry, no archive)
 
+    Interrupted (a BaseException)      (raised inside a ``def`` handler that was cut off)
+
 Control-flow signals are deliberately *not* ``TaskqError``: a handler that
 catches ``TaskqError`` around its own broker calls must not swallow them.
 """
@@ -56,6 +58,7 @@ __all__ = [
     "DuplicateTaskError",
     "HandlerError",
     "HandlerNotFoundError",
+    "Interrupted",
     "InvalidArgumentError",
     "InvalidDurationError",
     "InvalidQueueNameError",
@@ -243,3 +246,20 @@ class SkipRetry(TaskqSignal):
 
 class RevokeTask(TaskqSignal):
     """Raise from a handler to drop the task: no retry, no archive."""
+
+
+class Interrupted(BaseException):
+    """Raised inside a running ``def`` handler whose attempt was cut off.
+
+    The worker raises it in the handler's thread when the attempt passes its
+    time limit or deadline, is cancelled, loses its lease or is requeued at
+    shutdown (``ctx.cancel_reason`` says which); the attempt itself was
+    settled already. It arrives when the thread next runs Python code: a call
+    blocked in C (a socket read, ``time.sleep``) finishes first.
+
+    It derives from ``BaseException``, as ``KeyboardInterrupt`` and
+    ``asyncio.CancelledError`` do, so that ``except Exception`` in a handler
+    does not swallow it; catch it only to clean up, and let it propagate.
+    ``Config(interrupt_sync_handlers=False)`` turns it off. CPython only;
+    elsewhere a cut-off handler runs on until it returns.
+    """

@@ -110,6 +110,7 @@ class Context:
         "_enqueued_at",
         "_loop",
         "_ms",
+        "_on_cancel",
         "_pending_writes",
         "_result",
         "_started_at",
@@ -158,6 +159,7 @@ class Context:
         self._loop = loop
         self._cancel_reason: str | None = None
         self._task_handle: asyncio.Task[Any] | None = None
+        self._on_cancel: Callable[[], object] | None = None  # stops a def handler's thread
         self._pending_writes: list[asyncio.Task[None]] | None = None
         self._result: bytes | None = None
 
@@ -252,13 +254,15 @@ class Context:
     # -- runtime side -----------------------------------------------------------------
 
     def _cancel(self, reason: str) -> bool:
-        """Mark the attempt cancelled (first reason wins) and cancel its coroutine."""
+        """Mark the attempt cancelled (first reason wins), cancel its coroutine or thread."""
         if self._cancel_reason is not None:
             return False
         self._cancel_reason = reason
         handle = self._task_handle
         if handle is not None and not handle.done():
             handle.cancel()
+        if self._on_cancel is not None:
+            self._on_cancel()
         return True
 
 

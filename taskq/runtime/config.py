@@ -220,6 +220,11 @@ class Config:
             broker's start-up check finds a setting that can lose tasks (Redis
             ``maxmemory-policy`` other than ``noeviction``); by default it is
             logged as a warning. A check that cannot run never stops a start.
+        interrupt_sync_handlers: raise :class:`~taskq.errors.Interrupted` inside a
+            ``def`` handler whose attempt was cut off (time limit, deadline,
+            cancel, lost lease, requeue at shutdown), so that its thread and
+            concurrency slot come back (CPython; default True). False: the
+            handler only sees ``ctx.cancelled`` and runs on until it returns.
         logger: where the server logs (default ``logging.getLogger("taskq.worker")``).
 
     Raises:
@@ -264,6 +269,7 @@ class Config:
     group_reclaim_after: timedelta = attrs.field(default=DEFAULT_RECLAIM_AFTER, converter=_duration)
     strict_broker_checks: bool = False
     burst: bool = False
+    interrupt_sync_handlers: bool = True
     logger: logging.Logger | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -317,6 +323,9 @@ class Config:
                 "archive_max_size must be an int >= 0, or None for no size bound, "
                 f"got {self.archive_max_size!r}"
             )
+        for name in ("strict_priority", "strict_broker_checks", "burst", "interrupt_sync_handlers"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgumentError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.no_retry_errors, tuple) or not all(
             isinstance(t, type) and issubclass(t, BaseException) for t in self.no_retry_errors
         ):

@@ -19,9 +19,11 @@ Time limits: a task's limit is the earlier of ``started + timeout`` (the
 task's timeout, or ``Config.default_timeout`` when it has neither timeout nor
 deadline) and its deadline. When the limit hits, the attempt is settled at
 once: an async handler is cancelled; a sync handler sees ``ctx.cancelled``
-become True, and whatever it does later is ignored. Python cannot stop a
-thread, so that thread (and its concurrency slot) stays busy until the
-function returns; sync handlers doing long work should poll ``ctx.cancelled``.
+become True and gets :class:`~taskq.errors.Interrupted` raised in its thread
+(``Config.interrupt_sync_handlers``, CPython), and whatever it does later is
+ignored. The exception arrives when the thread next runs Python code, so a
+call blocked in C keeps the thread (and its concurrency slot) busy until it
+returns; the same goes for a cancel, a lost lease and a requeue at shutdown.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from taskq.mux import Context, Handler, ServeMux, is_async_handler
 from taskq.runtime._util import format_error
 from taskq.runtime.config import Config, default_retry_delay
 from taskq.runtime.queues import QueueSelector
-from taskq.runtime.threads import HandlerThreads
+from taskq.runtime.threads import HandlerThreads, Interruptible
 from taskq.task import Task, TaskMessage
 
 __all__ = ["CANCELED", "DEADLINE", "LEASE_LOST", "SHUTDOWN", "TIMEOUT", "Processor"]
@@ -67,7 +69,17 @@ _FETCH_GRACE = 5.0
 class _Job:
     """One attempt in flight: from dequeue until its final transition landed."""
 
-    __slots__ = ("ctx", "delivery", "limit", "ref", "running", "settled", "task", "timer")
+    __slots__ = (
+        "call",
+        "ctx",
+        "delivery",
+        "limit",
+        "ref",
+        "running",
+        "settled",
+        "task",
+        "timer",
+    )
 
     def __init__(
         self, delivery: Delivery, ref: LeaseRef, ctx: Context, task: Task | None, limit: int
@@ -80,6 +92,7 @@ class _Job:
         self.settled = False  # an outcome was decided; later ones are ignored
         self.running = True  # the handler still holds its concurrency slot
         self.timer: asyncio.TimerHandle | None = None
+        self.call: Interruptible | None = None  # a def handler's call on its thread
 
 
 class _Reason(Exception):
@@ -126,6 +139,7 @@ class Processor:
         self._default_timeout_ms = int(config.default_timeout.total_seconds() * 1000)
         self._selector = QueueSelector(config.queues, strict=config.strict_priority)
         self._threads = HandlerThreads(config.concurrency)
+        self._interrupt = config.interrupt_sync_handlers
         self._jobs: dict[tuple[str, str], _Job] = {}
         self._running = 0
         self._unsettled = 0
@@ -334,12 +348,19 @@ class Processor:
     def _adapt_sync(self, handler: Handler) -> Handler:
         """Make a sync handler awaitable (for middleware): it runs on the thread pool."""
         threads = self._threads
+        interrupt = self._interrupt_call if self._interrupt else None
 
         async def in_thread(ctx: Context, task: Task) -> None:
             loop = asyncio.get_running_loop()
             future: asyncio.Future[None] = loop.create_future()
-            threads.submit(_call_in_thread, loop, future, handler, ctx, task)
-            await future
+            call = Interruptible()
+            threads.submit(_call_in_thread, loop, future, call, handler, ctx, task)
+            try:
+                await future
+            except asyncio.CancelledError:
+                if interrupt is not None:
+                    interrupt(call, ctx)
+                raise
 
         functools.update_wrapper(in_thread, handler)
         return in_thread
@@ -401,6 +422,9 @@ class Processor:
             ctx._task_handle = handle
             handle.add_done_callback(functools.partial(self._async_done, job))
         else:
+            if self._interrupt:
+                call = job.call = Interruptible()
+                ctx._on_cancel = functools.partial(self._interrupt_call, call, ctx)
             self._threads.submit(self._run_sync, loop, job, handler)
 
     def _limit(self, msg: TaskMessage) -> tuple[int, str]:
@@ -418,12 +442,23 @@ class Processor:
             if job.ctx.cancelled:  # cut off while it waited for a thread
                 return self._post(loop, job, None)
             assert job.task is not None
-            result = handler(job.ctx, job.task)
-            if inspect.isawaitable(result):
-                asyncio.run_coroutine_threadsafe(_await(result), loop).result()
+            if job.call is not None:
+                job.call.run(_invoke, loop, handler, job.ctx, job.task)
+            else:
+                _invoke(loop, handler, job.ctx, job.task)
         except BaseException as exc:
             error = exc
         self._post(loop, job, error)
+
+    def _interrupt_call(self, call: Interruptible, ctx: Context) -> None:
+        """Stop a def handler's call whose attempt was cut off (see :class:`Interruptible`)."""
+        if call.interrupt():
+            self._log.info(
+                "task %s in %r: interrupting its handler (%s)",
+                ctx.task_id,
+                ctx.queue,
+                ctx.cancel_reason,
+            )
 
     def _post(
         self, loop: asyncio.AbstractEventLoop, job: _Job, error: BaseException | None
@@ -770,9 +805,17 @@ async def _await(awaitable: Awaitable[Any]) -> None:
     await awaitable
 
 
+def _invoke(loop: asyncio.AbstractEventLoop, handler: Handler, ctx: Context, task: Task) -> None:
+    """Call a def handler; an awaitable it returns is awaited on ``loop``."""
+    result = handler(ctx, task)
+    if inspect.isawaitable(result):
+        asyncio.run_coroutine_threadsafe(_await(result), loop).result()
+
+
 def _call_in_thread(
     loop: asyncio.AbstractEventLoop,
     future: asyncio.Future[None],
+    call: Interruptible,
     handler: Handler,
     ctx: Context,
     task: Task,
@@ -781,9 +824,7 @@ def _call_in_thread(
         if ctx.cancelled:
             outcome: BaseException | None = None
         else:
-            result = handler(ctx, task)
-            if inspect.isawaitable(result):
-                asyncio.run_coroutine_threadsafe(_await(result), loop).result()
+            call.run(_invoke, loop, handler, ctx, task)
             outcome = None
     except BaseException as exc:
         outcome = exc

@@ -306,7 +306,12 @@ def test_sync_handler_past_its_timeout_sees_cancelled_and_its_late_outcome_is_ig
 
     msg = message("slow", timeout=200, max_retry=3)
     enqueue(broker, msg)
-    with serving(broker, mux, retry_delay=lambda n, e, t: timedelta(hours=1)):
+    with serving(
+        broker,
+        mux,
+        retry_delay=lambda n, e, t: timedelta(hours=1),
+        interrupt_sync_handlers=False,
+    ):
         wait_until(lambda: _state(broker, msg) is TaskState.RETRY, what="retry")
         wait_until(finished.is_set, what="the thread to return")
         time.sleep(0.1)
