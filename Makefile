@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast lint typecheck check demo bench clean
+.PHONY: setup test test-fast lint typecheck check demo bench clean constraints
 
-$(STAMP): pyproject.toml contrib/prometheus/pyproject.toml
+$(STAMP): pyproject.toml contrib/prometheus/pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,cli]' -e contrib/prometheus
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,cli]' -e contrib/prometheus
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -35,6 +35,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# After upgrading packages in .venv and passing `make check`: pin what passed.
+constraints: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+		| grep -v -e '^-e' -e '^taskq'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache
