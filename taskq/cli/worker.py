@@ -107,6 +107,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "(Redis maxmemory-policy other than noeviction); default: log a warning",
     )
     parser.add_argument(
+        "--no-interrupt",
+        action="store_true",
+        help="do not raise taskq.Interrupted in a def handler that was cut off (time "
+        "limit, cancel, shutdown): it only sees ctx.cancelled and runs on until it returns",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -182,6 +188,8 @@ def _config_from(args: argparse.Namespace) -> dict[str, Any]:
         settings["strict_broker_checks"] = True
     if args.burst:
         settings["burst"] = True
+    if args.no_interrupt:
+        settings["interrupt_sync_handlers"] = False
     return settings
 
 

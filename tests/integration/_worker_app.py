@@ -35,6 +35,20 @@ def sleep(ctx: taskq.Context, task: taskq.Task) -> None:
     _log("end", ctx.task_id)
 
 
+@mux.handle("spin")
+def spin(ctx: taskq.Context, task: taskq.Task) -> None:
+    """Run ``payload["seconds"]`` without looking at ``ctx.cancelled``; log an interrupt."""
+    _log("start", ctx.task_id)
+    deadline = time.monotonic() + json.loads(task.payload)["seconds"]
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+    except taskq.Interrupted:
+        _log("interrupted", ctx.task_id)
+        raise
+    _log("end", ctx.task_id)
+
+
 def build_mux() -> taskq.ServeMux:
     """A factory, for ``APP:FACTORY`` specs."""
     return mux

@@ -68,10 +68,12 @@ class Harness:
         self.stderr_files: list[Path] = []
         self._tmp = tmp_path
 
-    def enqueue(self, seconds: float, *, count: int = 1, **options: object) -> list[str]:
+    def enqueue(
+        self, seconds: float, *, count: int = 1, type: str = "sleep", **options: object
+    ) -> list[str]:
         payload = json.dumps({"seconds": seconds}).encode()
         return [
-            self.client.enqueue(taskq.Task("sleep", payload), queue=self.queue, **options).id
+            self.client.enqueue(taskq.Task(type, payload), queue=self.queue, **options).id
             for _ in range(count)
         ]
 
@@ -272,6 +274,27 @@ def test_burst_with_processes_runs_every_task_once_and_the_supervisor_exits_zero
     assert sorted(a.task_id for a in starts) == sorted(ids)
     assert len({a.pid for a in starts}) <= 2
     assert "restarting" not in harness.stderr()
+
+
+def test_a_def_handler_past_its_timeout_is_interrupted_unless_no_interrupt(
+    harness: Harness,
+) -> None:
+    (first,) = harness.enqueue(20, type="spin", timeout=timedelta(milliseconds=300), max_retry=0)
+    worker = harness.start("--concurrency", "1")
+    wait_for(lambda: any(a.event == "interrupted" for a in harness.attempts()), 20, "interrupt")
+    assert harness.state(first) is TaskState.ARCHIVED
+    assert "timed out" in harness.info(first).last_error
+    # Its one slot is free again: the next task runs and ends.
+    (after,) = harness.enqueue(0.0)
+    wait_for(lambda: after in harness.ended(), 20, "the next task")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, harness.stderr()
+
+    (second,) = harness.enqueue(20, type="spin", timeout=timedelta(milliseconds=300), max_retry=0)
+    harness.start("--concurrency", "1", "--no-interrupt")
+    wait_for(lambda: harness.state(second) is TaskState.ARCHIVED, 20, "the archive")
+    time.sleep(0.5)
+    assert [a.event for a in harness.attempts() if a.task_id == second] == ["start"]
 
 
 def _server_pids(url: str, queue: str) -> set[int]:
