@@ -21,6 +21,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_RESTART",
     "EXIT_USAGE",
     "CliError",
     "broker_url",
@@ -37,6 +38,7 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
 EXIT_BROKER = 5
+EXIT_RESTART = 75  # EX_TEMPFAIL: a worker stopped for a stuck handler; start a new one
 EXIT_INTERRUPTED = 130
 
 

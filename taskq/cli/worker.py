@@ -37,7 +37,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any
 
-from taskq.cli._common import EXIT_OK, common_options, load_app_object
+from taskq.cli._common import EXIT_OK, EXIT_RESTART, common_options, load_app_object
 from taskq.cli._parse import parse_positive_int
 
 __all__ = ["add_parser", "load_mux", "main", "parse_queue"]
@@ -111,6 +111,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="do not raise taskq.Interrupted in a def handler that was cut off (time "
         "limit, cancel, shutdown): it only sees ctx.cancelled and runs on until it returns",
+    )
+    parser.add_argument(
+        "--stuck-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="shut down and exit with status 75 when a handler is still running this "
+        "long after its attempt was cut off (blocked where taskq.Interrupted cannot reach "
+        "it); --processes then starts a fresh worker (default: never)",
     )
     parser.add_argument(
         "--log-level",
@@ -190,6 +198,8 @@ def _config_from(args: argparse.Namespace) -> dict[str, Any]:
         settings["burst"] = True
     if args.no_interrupt:
         settings["interrupt_sync_handlers"] = False
+    if args.stuck_timeout is not None:
+        settings["stuck_handler_timeout"] = timedelta(seconds=args.stuck_timeout)
     return settings
 
 
@@ -221,8 +231,9 @@ def _run_worker(args: argparse.Namespace, url: str) -> int:
 
     mux = load_mux(args.app)
     config = Config(**_config_from(args))
-    Server(url, config).run(mux)
-    return EXIT_OK
+    server = Server(url, config)
+    server.run(mux)
+    return EXIT_RESTART if server.restart_requested else EXIT_OK
 
 
 def _child_argv(args: argparse.Namespace) -> list[str]:
@@ -244,6 +255,10 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--strict-broker-checks")
     if args.burst:
         argv.append("--burst")
+    if args.no_interrupt:
+        argv.append("--no-interrupt")
+    if args.stuck_timeout is not None:
+        argv += ["--stuck-timeout", str(args.stuck_timeout)]
     return argv
 
 

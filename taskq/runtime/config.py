@@ -225,6 +225,14 @@ class Config:
             cancel, lost lease, requeue at shutdown), so that its thread and
             concurrency slot come back (CPython; default True). False: the
             handler only sees ``ctx.cancelled`` and runs on until it returns.
+        stuck_handler_timeout: when a handler is still running this long after
+            its attempt was cut off (it caught :class:`~taskq.errors.Interrupted`
+            or the cancellation, or it is blocked in C where neither arrives),
+            the server shuts itself down gracefully and
+            :attr:`Server.restart_requested` becomes True, so that a supervisor
+            (``taskq worker`` exits with status 75, and ``--processes``
+            restarts it) starts a fresh process and the stuck thread's slot
+            comes back. None (the default): never.
         logger: where the server logs (default ``logging.getLogger("taskq.worker")``).
 
     Raises:
@@ -270,6 +278,7 @@ class Config:
     strict_broker_checks: bool = False
     burst: bool = False
     interrupt_sync_handlers: bool = True
+    stuck_handler_timeout: timedelta | None = attrs.field(default=None, converter=_opt_duration)
     logger: logging.Logger | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -310,6 +319,8 @@ class Config:
                 )
         if self.recoverer_interval is not None:
             _positive("recoverer_interval", self.recoverer_interval)
+        if self.stuck_handler_timeout is not None:
+            _positive("stuck_handler_timeout", self.stuck_handler_timeout)
         if not isinstance(self.janitor_batch_size, int) or self.janitor_batch_size < 1:
             raise InvalidArgumentError(
                 f"janitor_batch_size must be an int >= 1, got {self.janitor_batch_size!r}"

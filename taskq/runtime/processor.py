@@ -115,6 +115,8 @@ class Processor:
         on_idle: burst mode: called when a fetch found nothing and no attempt
             is in flight; returning True ends :meth:`run` (the queues are
             drained), False fetches again.
+        on_stuck: called with a description when a handler is still running
+            ``Config.stuck_handler_timeout`` after its attempt was cut off.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class Processor:
         config: Config,
         logger: logging.Logger,
         on_idle: Callable[[], Awaitable[bool]] | None = None,
+        on_stuck: Callable[[str], None] | None = None,
     ) -> None:
         self._broker = broker
         self._on_idle = on_idle
@@ -140,6 +143,9 @@ class Processor:
         self._selector = QueueSelector(config.queues, strict=config.strict_priority)
         self._threads = HandlerThreads(config.concurrency)
         self._interrupt = config.interrupt_sync_handlers
+        stuck = config.stuck_handler_timeout
+        self._stuck_after = stuck.total_seconds() if stuck is not None else None
+        self._on_stuck = on_stuck
         self._jobs: dict[tuple[str, str], _Job] = {}
         self._running = 0
         self._unsettled = 0
@@ -486,6 +492,15 @@ class Processor:
         job.ctx._cancel(reason)
         self._settle(job, None)
 
+    def _check_stuck(self, job: _Job) -> None:
+        if not job.running or self._on_stuck is None:
+            return
+        assert self._stuck_after is not None
+        self._on_stuck(
+            f"the handler of task {job.ref.task_id} in {job.ref.queue!r} is still running "
+            f"{self._stuck_after:g}s after it was cut off ({job.ctx.cancel_reason})"
+        )
+
     def _release(self, job: _Job) -> None:
         """The handler returned: its concurrency slot is free again."""
         if job.running:
@@ -501,6 +516,14 @@ class Processor:
         if job.timer is not None:
             job.timer.cancel()
             job.timer = None
+        if (
+            job.running
+            and self._stuck_after is not None
+            and job.ctx.cancel_reason not in (None, SHUTDOWN)
+            and self._loop is not None
+        ):
+            # Cut off while its handler runs: it must return within the grace.
+            self._loop.call_later(self._stuck_after, self._check_stuck, job)
         self._unsettled -= 1
         if self._unsettled == 0 and self._all_settled is not None:
             self._all_settled.set()

@@ -126,6 +126,7 @@ class Server:
         self._hurry_event: asyncio.Event | None = None
         self._quiet_requested = False
         self._hurry_requested = False
+        self._restart_requested = False
 
     def __repr__(self) -> str:
         return f"Server(id={self._id!r}, broker={_describe(self._broker_arg)}, state={self._state})"
@@ -144,6 +145,15 @@ class Server:
     def state(self) -> str:
         """``new``, ``active``, ``quiet``, ``stopping`` or ``stopped``."""
         return self._state
+
+    @property
+    def restart_requested(self) -> bool:
+        """Whether the server shut itself down for a stuck handler (``stuck_handler_timeout``).
+
+        Its process should then be replaced: the stuck thread can only go
+        with it. ``taskq worker`` exits with status 75 (``EX_TEMPFAIL``).
+        """
+        return self._restart_requested
 
     # ------------------------------------------------------------------ public control
 
@@ -393,6 +403,18 @@ class Server:
             self._begin_shutdown()
             return True
 
+        def stuck(what: str) -> None:
+            if self._restart_requested:
+                return
+            self._restart_requested = True
+            log.error(
+                "taskq worker %s: %s; shutting down so that a new process takes over "
+                "(stuck_handler_timeout)",
+                self._id,
+                what,
+            )
+            self._begin_shutdown()
+
         processor = Processor(
             broker,
             mux=mux,
@@ -400,6 +422,7 @@ class Server:
             config=config,
             logger=log,
             on_idle=drained if config.burst else None,
+            on_stuck=stuck,
         )
         self._processor = processor
         if self._quiet_requested:

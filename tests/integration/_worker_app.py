@@ -49,6 +49,14 @@ def spin(ctx: taskq.Context, task: taskq.Task) -> None:
     _log("end", ctx.task_id)
 
 
+@mux.handle("block")
+def block(ctx: taskq.Context, task: taskq.Task) -> None:
+    """Sleep ``payload["seconds"]`` in one C call: neither a cancel nor an interrupt reaches it."""
+    _log("start", ctx.task_id)
+    time.sleep(json.loads(task.payload)["seconds"])
+    _log("end", ctx.task_id)
+
+
 def build_mux() -> taskq.ServeMux:
     """A factory, for ``APP:FACTORY`` specs."""
     return mux

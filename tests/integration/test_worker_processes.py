@@ -297,6 +297,35 @@ def test_a_def_handler_past_its_timeout_is_interrupted_unless_no_interrupt(
     assert [a.event for a in harness.attempts() if a.task_id == second] == ["start"]
 
 
+def test_a_handler_stuck_in_c_past_the_stuck_timeout_makes_the_worker_exit_75(
+    harness: Harness,
+) -> None:
+    # reliability scenario 7: a handler that ignores cancellation (time.sleep in C)
+    (stuck,) = harness.enqueue(600, type="block", timeout=timedelta(milliseconds=500))
+    worker = harness.start("--stuck-timeout", "1", "--retry-delay", "3600")
+    assert worker.wait(30) == 75, harness.stderr()
+    err = harness.stderr()
+    assert "still running 1s after it was cut off (timeout)" in err
+    assert "stuck_handler_timeout" in err
+    stored = harness.info(stuck)
+    assert stored.state is TaskState.RETRY and stored.retried == 1
+    assert "timed out" in stored.last_error
+
+
+def test_the_supervisor_replaces_a_worker_that_exits_for_a_stuck_handler(harness: Harness) -> None:
+    harness.enqueue(600, type="block", timeout=timedelta(milliseconds=500), max_retry=0)
+    supervisor = harness.start(
+        "--processes", "2", "--concurrency", "1", "--stuck-timeout", "1", "--log-level", "INFO"
+    )
+    try:
+        wait_for(lambda: "exited with 75; restarting it" in harness.stderr(), 40, "a restart")
+        (after,) = harness.enqueue(0.0, retention=KEEP)
+        wait_for(lambda: after in harness.ended(), 30, "a task after the restart")
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(30)
+
+
 def _server_pids(url: str, queue: str) -> set[int]:
     """Pids of the live worker servers serving ``queue`` (from their heartbeats)."""
 

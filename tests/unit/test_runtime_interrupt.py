@@ -309,3 +309,91 @@ def test_interrupt_sync_handlers_must_be_a_bool() -> None:
 @pytest.fixture
 def broker() -> InMemoryBroker:
     return InMemoryBroker()
+
+
+# -- stuck handlers -------------------------------------------------------------------
+
+
+def _blocked_in_c(release: threading.Event, entered: threading.Event) -> Callable[..., None]:
+    """A def handler blocked in a C-level wait, where Interrupted cannot arrive."""
+
+    def handler(ctx: Context, task: taskq.Task) -> None:
+        entered.set()
+        release.wait(30)
+
+    return handler
+
+
+def test_a_handler_stuck_past_the_grace_shuts_the_server_down_for_a_restart(
+    broker: InMemoryBroker,
+) -> None:
+    release, entered = threading.Event(), threading.Event()
+    mux = ServeMux()
+    mux.handle("t", _blocked_in_c(release, entered))
+    msg = message("t", timeout=200, max_retry=3)
+    enqueue(broker, msg)
+    server = taskq.Server(
+        broker,
+        taskq.Config(concurrency=2, fetch_wait=0.05, stuck_handler_timeout=0.5, **HOUR),
+    )
+    assert not server.restart_requested
+    server.start(mux)
+    try:
+        assert entered.wait(5)
+        assert server.wait(10), "the server must stop by itself"
+        assert server.restart_requested
+        assert server.state == "stopped"
+    finally:
+        release.set()
+        server.shutdown()
+    stored = info(broker, msg)
+    assert stored.state is TaskState.RETRY
+    assert stored.last_error == "task timed out after 0.2s"
+
+
+def test_without_a_grace_a_stuck_handler_does_not_stop_the_server(broker: InMemoryBroker) -> None:
+    release, entered = threading.Event(), threading.Event()
+    mux = ServeMux()
+    mux.handle("t", _blocked_in_c(release, entered))
+    mux.handle("next", lambda ctx, task: None)
+    msg = message("t", timeout=200, max_retry=3)
+    enqueue(broker, msg)
+    try:
+        with serving(broker, mux, **HOUR) as server:
+            assert entered.wait(5)
+            wait_until(lambda: info(broker, msg).state is TaskState.RETRY, what="retry")
+            assert not server.wait(1.0)
+            assert not server.restart_requested
+            later = message("next", retention=60_000)
+            enqueue(broker, later)  # the other slots still serve
+            wait_until(lambda: info(broker, later).state is TaskState.COMPLETED, what="next")
+    finally:
+        release.set()
+
+
+def test_a_handler_that_returns_within_the_grace_is_not_stuck(broker: InMemoryBroker) -> None:
+    returned = threading.Event()
+    mux = ServeMux()
+
+    @mux.handle("t")
+    def slow_to_stop(ctx: Context, task: taskq.Task) -> None:
+        try:
+            while True:
+                time.sleep(0.01)
+        except Interrupted:
+            time.sleep(0.3)  # cleaning up after the cut-off, within the grace
+            returned.set()
+            raise
+
+    msg = message("t", timeout=200, max_retry=3)
+    enqueue(broker, msg)
+    with serving(broker, mux, stuck_handler_timeout=1.0, **HOUR) as server:
+        assert returned.wait(5)
+        assert not server.wait(1.5)
+        assert not server.restart_requested
+
+
+def test_stuck_handler_timeout_must_be_positive() -> None:
+    with pytest.raises(taskq.InvalidArgumentError, match="stuck_handler_timeout"):
+        taskq.Config(stuck_handler_timeout=0)
+    assert taskq.Config(stuck_handler_timeout=2).stuck_handler_timeout == timedelta(seconds=2)
