@@ -146,6 +146,9 @@ class WorkerInfo:
         task_id, task_type, queue, payload: the task.
         started_at: when the attempt started.
         deadline: when the attempt must end (its timeout or deadline), if known.
+        cut_off: why the attempt was cut off (``timeout``, ``deadline``,
+            ``canceled``, ``lease lost``) when it has been settled but its
+            handler still runs and holds a slot; "" for a running attempt.
     """
 
     task_id: str
@@ -154,6 +157,7 @@ class WorkerInfo:
     payload: bytes
     started_at: datetime
     deadline: datetime | None
+    cut_off: str = ""
 
     @classmethod
     def from_broker(cls, info: base.WorkerInfo) -> WorkerInfo:
@@ -165,6 +169,7 @@ class WorkerInfo:
             payload=info.payload,
             started_at=ms_to_dt(info.started_at),
             deadline=ms_to_dt(info.deadline) if info.deadline else None,
+            cut_off=info.cut_off,
         )
 
 

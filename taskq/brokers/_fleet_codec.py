@@ -38,18 +38,22 @@ def server_to_doc(info: ServerInfo) -> dict[str, Any]:
         "strict_priority": info.strict_priority,
         "started_at": info.started_at,
         "status": info.status,
-        "active_workers": [
-            {
-                "task_id": w.task_id,
-                "task_type": w.task_type,
-                "queue": w.queue,
-                "started_at": w.started_at,
-                "deadline": w.deadline,
-                "payload": _b64(w.payload),
-            }
-            for w in info.active_workers
-        ],
+        "active_workers": [_worker_to_doc(w) for w in info.active_workers],
     }
+
+
+def _worker_to_doc(w: WorkerInfo) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "task_id": w.task_id,
+        "task_type": w.task_type,
+        "queue": w.queue,
+        "started_at": w.started_at,
+        "deadline": w.deadline,
+        "payload": _b64(w.payload),
+    }
+    if w.cut_off:
+        doc["cut_off"] = w.cut_off
+    return doc
 
 
 def server_from_doc(doc: Mapping[str, Any]) -> ServerInfo:
@@ -66,6 +70,7 @@ def server_from_doc(doc: Mapping[str, Any]) -> ServerInfo:
             started_at=int(w["started_at"]),
             deadline=int(w["deadline"]),
             payload=base64.b64decode(w.get("payload", "")),
+            cut_off=str(w.get("cut_off", "")),
         )
         for w in doc.get("active_workers", [])
     )

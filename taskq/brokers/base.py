@@ -198,7 +198,13 @@ class DailyStats:
 
 @attrs.frozen
 class WorkerInfo:
-    """A task being processed by a server right now."""
+    """A task being processed by a server right now.
+
+    ``cut_off`` is why its attempt was cut off (``timeout``, ``deadline``,
+    ``canceled``, ``lease lost``) when the attempt has been settled but its
+    handler still runs and holds a concurrency slot (blocked where
+    :class:`~taskq.errors.Interrupted` cannot reach it); "" for a running attempt.
+    """
 
     task_id: str
     task_type: str
@@ -206,6 +212,7 @@ class WorkerInfo:
     started_at: int
     deadline: int
     payload: bytes = b""
+    cut_off: str = ""
 
 
 @attrs.frozen

@@ -285,7 +285,10 @@ def build_app(args: argparse.Namespace) -> Any:
                 if not s.active_workers:
                     server_rows[s.id] = [*head, "-", "-", "-", "-"]
                 for n, w in enumerate(s.active_workers):
-                    cells = [w.task_id, w.task_type, w.queue, ago(w.started_at).replace(" ago", "")]
+                    started = ago(w.started_at).replace(" ago", "")
+                    if w.cut_off:
+                        started += f" (cut off: {w.cut_off})"
+                    cells = [w.task_id, w.task_type, w.queue, started]
                     server_rows[f"{s.id}/{n}"] = [*(head if n == 0 else [""] * 4), *cells]
             _sync_rows(self.query_one("#servers", DataTable), server_rows, SERVER_COLUMNS)
             clock = time.strftime("%H:%M:%S")

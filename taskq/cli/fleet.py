@@ -83,7 +83,7 @@ async def list_servers(args: argparse.Namespace) -> int:
                     w.task_type,
                     w.queue,
                     short_payload(w.payload),
-                    ago(w.started_at),
+                    ago(w.started_at) + (f" (cut off: {w.cut_off})" if w.cut_off else ""),
                 ]
                 for s, w in workers
             ],

@@ -147,6 +147,7 @@ class Processor:
         self._stuck_after = stuck.total_seconds() if stuck is not None else None
         self._on_stuck = on_stuck
         self._jobs: dict[tuple[str, str], _Job] = {}
+        self._overrun: set[_Job] = set()  # settled (cut off) while their handler runs on
         self._running = 0
         self._unsettled = 0
         self._quiet = False
@@ -192,21 +193,13 @@ class Processor:
         return found
 
     def workers(self) -> list[WorkerInfo]:
-        """The running tasks, as published for the inspector."""
-        out = []
-        for job in self._jobs.values():
-            if job.settled:
-                continue
-            msg = job.delivery.message
-            out.append(
-                WorkerInfo(
-                    task_id=msg.id,
-                    task_type=msg.type,
-                    queue=msg.queue,
-                    started_at=job.delivery.started_at,
-                    deadline=job.limit,
-                )
-            )
+        """The running tasks, as published for the inspector.
+
+        An attempt that was cut off while its handler runs on is listed too,
+        with why (``cut_off``): it still holds its slot.
+        """
+        out = [_worker_info(job) for job in self._jobs.values() if not job.settled]
+        out += [_worker_info(job, job.ctx.cancel_reason or "") for job in self._overrun]
         return out
 
     # ------------------------------------------------------------------ control
@@ -505,6 +498,7 @@ class Processor:
         """The handler returned: its concurrency slot is free again."""
         if job.running:
             job.running = False
+            self._overrun.discard(job)
             self._running -= 1
             if self._slot_freed is not None:
                 self._slot_freed.set()
@@ -516,14 +510,12 @@ class Processor:
         if job.timer is not None:
             job.timer.cancel()
             job.timer = None
-        if (
-            job.running
-            and self._stuck_after is not None
-            and job.ctx.cancel_reason not in (None, SHUTDOWN)
-            and self._loop is not None
-        ):
-            # Cut off while its handler runs: it must return within the grace.
-            self._loop.call_later(self._stuck_after, self._check_stuck, job)
+        if job.running and job.ctx.cancel_reason not in (None, SHUTDOWN):
+            # Cut off while its handler runs on: still listed as holding its slot,
+            # and with stuck_handler_timeout it must return within the grace.
+            self._overrun.add(job)
+            if self._stuck_after is not None and self._loop is not None:
+                self._loop.call_later(self._stuck_after, self._check_stuck, job)
         self._unsettled -= 1
         if self._unsettled == 0 and self._all_settled is not None:
             self._all_settled.set()
@@ -826,6 +818,18 @@ async def _first_of(*events: asyncio.Event) -> None:
 
 async def _await(awaitable: Awaitable[Any]) -> None:
     await awaitable
+
+
+def _worker_info(job: _Job, cut_off: str = "") -> WorkerInfo:
+    msg = job.delivery.message
+    return WorkerInfo(
+        task_id=msg.id,
+        task_type=msg.type,
+        queue=msg.queue,
+        started_at=job.delivery.started_at,
+        deadline=job.limit,
+        cut_off=cut_off,
+    )
 
 
 def _invoke(loop: asyncio.AbstractEventLoop, handler: Handler, ctx: Context, task: Task) -> None:

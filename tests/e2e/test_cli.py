@@ -387,7 +387,10 @@ async def _fleet(broker: Broker) -> None:
             strict_priority=False,
             started_at=now - 60_000,
             status="active",
-            active_workers=(WorkerInfo("a1", "email:send", "q", now - 1000, now + 60_000),),
+            active_workers=(
+                WorkerInfo("a1", "email:send", "q", now - 1000, now + 60_000),
+                WorkerInfo("a0", "pdf:render", "q", now - 9000, now - 4000, cut_off="timeout"),
+            ),
         ),
         ttl=60_000,
     )
@@ -416,12 +419,17 @@ def test_server_ls_shows_servers_and_their_active_tasks(broker_url: str) -> None
     with_broker(broker_url, _fleet)
     out = ok(broker_url, "server", "ls")
     row = next(line.split() for line in out.splitlines() if line.startswith("worker-box"))
-    assert row[:4] == ["worker-box", "4242", "active", "1/8"]
+    assert row[:4] == ["worker-box", "4242", "active", "2/8"]
     assert "low=1, q=3" in out
     assert "Active tasks" in out and "email:send" in out
+    stuck = next(line for line in out.splitlines() if " a0 " in line)
+    assert stuck.rstrip().endswith("ago (cut off: timeout)")
+    running = next(line for line in out.splitlines() if " a1 " in line)
+    assert "cut off" not in running
     (server,) = ok_json(broker_url, "server", "ls")
     assert (server["id"], server["queues"]) == ("srv-1", {"q": 3, "low": 1})
     assert server["active_workers"][0]["task_id"] == "a1"
+    assert [w["cut_off"] for w in server["active_workers"]] == ["", "timeout"]
 
 
 def test_cron_ls_and_history_show_entries_and_their_enqueues(broker_url: str) -> None:
@@ -457,7 +465,7 @@ def test_stats_sums_states_queues_and_fleet(broker_url: str) -> None:
     assert (stats["processed_today"], stats["failed_today"], stats["servers"]) == (3, 2, 1)
     out = ok(broker_url, "stats")
     assert "Tasks by state" in out and "Processed today (UTC): 3" in out
-    assert "Busy workers:          1/8" in out
+    assert "Busy workers:          2/8" in out  # the cut-off handler holds its slot too
 
 
 # --------------------------------------------------------------------------- globals

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import attrs
+
 from taskq.brokers._fleet_codec import (
     entry_from_doc,
     entry_to_doc,
@@ -68,3 +70,12 @@ def test_a_scheduler_entry_is_written_as_the_stored_document() -> None:
 
 def test_a_stored_scheduler_entry_document_reads_back_as_the_entry() -> None:
     assert entry_from_doc(json.loads(STORED_ENTRY)) == ENTRY
+
+
+def test_a_cut_off_worker_keeps_its_reason_and_others_are_written_as_before() -> None:
+    cut = WorkerInfo("t2", "email", "default", 1, 2, b"", cut_off="timeout")
+    server = attrs.evolve(SERVER, active_workers=(*SERVER.active_workers, cut))
+    doc = server_to_doc(server)
+    assert doc["active_workers"][1]["cut_off"] == "timeout"
+    assert "cut_off" not in doc["active_workers"][0]  # unchanged for a running attempt
+    assert server_from_doc(json.loads(compact(doc))) == server

@@ -397,3 +397,25 @@ def test_stuck_handler_timeout_must_be_positive() -> None:
     with pytest.raises(taskq.InvalidArgumentError, match="stuck_handler_timeout"):
         taskq.Config(stuck_handler_timeout=0)
     assert taskq.Config(stuck_handler_timeout=2).stuck_handler_timeout == timedelta(seconds=2)
+
+
+def test_a_cut_off_handler_that_runs_on_is_published_with_why(broker: InMemoryBroker) -> None:
+    release, entered = threading.Event(), threading.Event()
+    mux = ServeMux()
+    mux.handle("t", _blocked_in_c(release, entered))
+    msg = message("t", timeout=200, max_retry=3)
+    enqueue(broker, msg)
+
+    def published() -> list[tuple[str, str]]:
+        return [(w.task_id, w.cut_off) for s in call(broker.servers()) for w in s.active_workers]
+
+    try:
+        with serving(broker, mux, lease=1.0, heartbeat_interval=0.1, **HOUR):
+            assert entered.wait(5)
+            wait_until(lambda: published() == [(msg.id, "")], what="published as running")
+            wait_until(lambda: info(broker, msg).state is TaskState.RETRY, what="retry")
+            wait_until(lambda: published() == [(msg.id, "timeout")], what="published cut off")
+            release.set()
+            wait_until(lambda: published() == [], what="gone once it returned")
+    finally:
+        release.set()

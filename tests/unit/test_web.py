@@ -214,7 +214,10 @@ async def _fleet(b: Broker) -> None:
             strict_priority=False,
             started_at=now - 60_000,
             status="active",
-            active_workers=(WorkerInfo("a1", "email:send", "q", now - 1000, now + 60_000),),
+            active_workers=(
+                WorkerInfo("a1", "email:send", "q", now - 1000, now + 60_000),
+                WorkerInfo("a0", "pdf:render", "q", now - 9000, now - 4000, cut_off="canceled"),
+            ),
         ),
         ttl=60_000,
     )
@@ -244,8 +247,9 @@ def test_servers_page_lists_servers_and_their_active_tasks(
     assert "No servers are running." in client.get("/servers").text
     run(broker, _fleet)
     page = client.get("/servers").text
-    assert "worker-box" in page and "4242" in page and "1/8" in page
+    assert "worker-box" in page and "4242" in page and "2/8" in page
     assert 'href="/task?queue=q&amp;id=a1"' in page
+    assert page.count("cut off:") == 1 and "cut off: canceled, still running" in page
 
 
 def test_schedulers_page_lists_entries_and_their_enqueue_history(

@@ -43,6 +43,7 @@ class _Running:
     queue: str
     count: int
     oldest_seconds: float
+    cut_off: int = 0
 
 
 def _running(
@@ -58,6 +59,7 @@ def _running(
             queue,
             len(running),
             max(((now - w.started_at).total_seconds() for w in running), default=0.0),
+            sum(1 for w in running if w.cut_off),
         )
         for queue, running in workers.items()
     )
@@ -260,7 +262,15 @@ class _Families:
             "taskq_scheduler_entries", "Periodic-task entries of live schedulers."
         )
         self.running = GaugeMetricFamily(
-            "taskq_running_tasks", "Attempts live servers are running now.", labels=q
+            "taskq_running_tasks",
+            "Handlers live servers are running now (cut-off ones included).",
+            labels=q,
+        )
+        self.cut_off = GaugeMetricFamily(
+            "taskq_cut_off_handlers",
+            "Handlers still running after their attempt was cut off (time limit, cancel, "
+            "lost lease), each holding a slot; see Config.stuck_handler_timeout.",
+            labels=q,
         )
         self.running_oldest = GaugeMetricFamily(
             "taskq_running_oldest_seconds",
@@ -290,6 +300,7 @@ class _Families:
             labels = [running.queue]
             self.running.add_metric(labels, running.count)
             self.running_oldest.add_metric(labels, running.oldest_seconds)
+            self.cut_off.add_metric(labels, running.cut_off)
 
     def all(self) -> list[Metric]:
         return [
@@ -311,6 +322,7 @@ class _Families:
             self.scheduler_entries,
             self.running,
             self.running_oldest,
+            self.cut_off,
         ]
 
 

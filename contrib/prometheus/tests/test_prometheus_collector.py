@@ -225,6 +225,7 @@ def test_running_attempts_per_queue_with_the_longest_running(
         base.WorkerInfo("a", "email:send", "emails", now - 90_000, now + 1_000),
         base.WorkerInfo("b", "email:send", "emails", now - 5_000, now + 60_000),
         base.WorkerInfo("c", "report", "unlisted", now - 2_000, 0),  # no deadline
+        base.WorkerInfo("d", "report", "unlisted", now - 1_000, now - 500, cut_off="timeout"),
     ]
     info = base.ServerInfo("s1", "host", 1, 10, {"emails": 1}, False, now, "active", workers)
     run(broker.write_server_state(info, ttl=MINUTE_MS))
@@ -236,10 +237,13 @@ def test_running_attempts_per_queue_with_the_longest_running(
     collector.close()
     assert scrape("taskq_running_tasks", queue="emails") == 2
     assert scrape("taskq_running_oldest_seconds", queue="emails") == 90
-    assert scrape("taskq_running_tasks", queue="unlisted") == 1
+    assert scrape("taskq_running_tasks", queue="unlisted") == 2
     assert scrape("taskq_running_oldest_seconds", queue="unlisted") == 2
+    assert scrape("taskq_cut_off_handlers", queue="unlisted") == 1
+    assert scrape("taskq_cut_off_handlers", queue="emails") == 0
     assert scrape("taskq_running_tasks", queue="idle") == 0
     assert scrape("taskq_running_oldest_seconds", queue="idle") == 0
+    assert scrape("taskq_cut_off_handlers", queue="idle") == 0
 
 
 def test_an_empty_broker_is_up_with_a_zero_fleet(registry: CollectorRegistry) -> None:
@@ -390,6 +394,7 @@ def test_the_exposition_uses_the_documented_names_and_labels(
         "taskq_scheduler_entries 0.0",
         'taskq_running_tasks{queue="emails"} 0.0',
         'taskq_running_oldest_seconds{queue="emails"} 0.0',
+        'taskq_cut_off_handlers{queue="emails"} 0.0',
     ]:
         assert line in text.splitlines(), line
     types = {family.name: family.type for family in registry.collect()}
