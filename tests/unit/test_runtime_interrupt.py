@@ -47,6 +47,23 @@ def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[BaseExcept
     return thread, outcome
 
 
+def _spinning_mux(
+    stop: threading.Event, entered: threading.Event, reasons: list[str | None]
+) -> ServeMux:
+    """Type "t": a def handler that spins until ``stop``; records why it was interrupted."""
+    mux = ServeMux()
+
+    @mux.handle("t")
+    def busy(ctx: Context, task: taskq.Task) -> None:
+        try:
+            _spin(stop, entered)
+        except Interrupted:
+            reasons.append(ctx.cancel_reason)
+            raise
+
+    return mux
+
+
 # -- Interruptible --------------------------------------------------------------------
 
 
@@ -184,16 +201,7 @@ def test_a_def_handler_past_its_timeout_is_interrupted_and_frees_its_slot(
 def test_cancelling_a_running_def_handler_interrupts_it(broker: InMemoryBroker) -> None:
     stop, entered = threading.Event(), threading.Event()
     reasons: list[str | None] = []
-    mux = ServeMux()
-
-    @mux.handle("t")
-    def busy(ctx: Context, task: taskq.Task) -> None:
-        try:
-            _spin(stop, entered)
-        except Interrupted:
-            reasons.append(ctx.cancel_reason)
-            raise
-
+    mux = _spinning_mux(stop, entered, reasons)
     msg = message("t", max_retry=5)
     enqueue(broker, msg)
     try:
@@ -252,16 +260,7 @@ def test_a_def_handler_still_running_at_shutdown_is_requeued_and_interrupted(
 ) -> None:
     stop, entered = threading.Event(), threading.Event()
     reasons: list[str | None] = []
-    mux = ServeMux()
-
-    @mux.handle("t")
-    def busy(ctx: Context, task: taskq.Task) -> None:
-        try:
-            _spin(stop, entered)
-        except Interrupted:
-            reasons.append(ctx.cancel_reason)
-            raise
-
+    mux = _spinning_mux(stop, entered, reasons)
     msg = message("t", max_retry=5)
     enqueue(broker, msg)
     try:
