@@ -233,6 +233,10 @@ class Config:
             (``taskq worker`` exits with status 75, and ``--processes``
             restarts it) starts a fresh process and the stuck thread's slot
             comes back. None (the default): never.
+        blocked_loop_warning: log a warning (with what the loop runs) when the
+            server's event loop makes no progress for this long: an ``async
+            def`` handler calling blocking code stops every other task and
+            the lease heartbeat. None: no watchdog thread. Default 1 s.
         logger: where the server logs (default ``logging.getLogger("taskq.worker")``).
 
     Raises:
@@ -279,6 +283,9 @@ class Config:
     burst: bool = False
     interrupt_sync_handlers: bool = True
     stuck_handler_timeout: timedelta | None = attrs.field(default=None, converter=_opt_duration)
+    blocked_loop_warning: timedelta | None = attrs.field(
+        default=timedelta(seconds=1), converter=_opt_duration
+    )
     logger: logging.Logger | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -321,6 +328,8 @@ class Config:
             _positive("recoverer_interval", self.recoverer_interval)
         if self.stuck_handler_timeout is not None:
             _positive("stuck_handler_timeout", self.stuck_handler_timeout)
+        if self.blocked_loop_warning is not None:
+            _positive("blocked_loop_warning", self.blocked_loop_warning)
         if not isinstance(self.janitor_batch_size, int) or self.janitor_batch_size < 1:
             raise InvalidArgumentError(
                 f"janitor_batch_size must be an int >= 1, got {self.janitor_batch_size!r}"

@@ -52,6 +52,7 @@ from taskq.runtime.heartbeat import Heartbeat
 from taskq.runtime.janitor import Janitor
 from taskq.runtime.processor import Processor
 from taskq.runtime.recoverer import Recoverer
+from taskq.runtime.watchdog import LoopWatchdog
 
 __all__ = ["Config", "Server", "default_broker_url", "run"]
 
@@ -478,9 +479,17 @@ class Server:
             config.concurrency,
             " burst" if config.burst else "",
         )
+        watchdog = None
+        if config.blocked_loop_warning is not None:
+            watchdog = LoopWatchdog(config.blocked_loop_warning.total_seconds(), log, self._id)
+            watchdog.start()
         self._ready.set()
         assert self._shutdown_event is not None and self._hurry_event is not None
-        await self._shutdown_event.wait()
+        try:
+            await self._shutdown_event.wait()
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
 
         log.info("taskq worker %s shutting down", self._id)
         early_stop.set()
