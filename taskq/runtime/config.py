@@ -343,7 +343,13 @@ class Config:
                 "archive_max_size must be an int >= 0, or None for no size bound, "
                 f"got {self.archive_max_size!r}"
             )
-        for name in ("strict_priority", "strict_broker_checks", "burst", "interrupt_sync_handlers"):
+        for name in (
+            "strict_priority",
+            "strict_broker_checks",
+            "burst",
+            "interrupt_sync_handlers",
+            "release_unique_on_archive",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgumentError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.no_retry_errors, tuple) or not all(

@@ -299,9 +299,19 @@ def test_with_interrupts_off_a_cut_off_def_handler_runs_on(broker: InMemoryBroke
         stop.set()
 
 
-def test_interrupt_sync_handlers_must_be_a_bool() -> None:
-    with pytest.raises(taskq.InvalidArgumentError, match="interrupt_sync_handlers"):
-        taskq.Config(interrupt_sync_handlers=1)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    "name",
+    [
+        "interrupt_sync_handlers",
+        "strict_priority",
+        "strict_broker_checks",
+        "burst",
+        "release_unique_on_archive",
+    ],
+)
+def test_config_switches_must_be_bools(name: str) -> None:
+    with pytest.raises(taskq.InvalidArgumentError, match=f"{name} must be a bool"):
+        taskq.Config(**{name: 1})
     assert taskq.Config().interrupt_sync_handlers is True
 
 
