@@ -121,6 +121,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "it); --processes then starts a fresh worker (default: never)",
     )
     parser.add_argument(
+        "--blocked-loop-warning",
+        type=_seconds,
+        metavar="SECONDS",
+        help="warn, with the blocking line, when an async def handler blocks the event "
+        "loop this long (default 1; 0 turns the watchdog off)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -200,6 +207,10 @@ def _config_from(args: argparse.Namespace) -> dict[str, Any]:
         settings["interrupt_sync_handlers"] = False
     if args.stuck_timeout is not None:
         settings["stuck_handler_timeout"] = timedelta(seconds=args.stuck_timeout)
+    if args.blocked_loop_warning is not None:
+        settings["blocked_loop_warning"] = (
+            timedelta(seconds=args.blocked_loop_warning) if args.blocked_loop_warning else None
+        )
     return settings
 
 
@@ -259,6 +270,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--no-interrupt")
     if args.stuck_timeout is not None:
         argv += ["--stuck-timeout", str(args.stuck_timeout)]
+    if args.blocked_loop_warning is not None:
+        argv += ["--blocked-loop-warning", str(args.blocked_loop_warning)]
     return argv
 
 

@@ -31,6 +31,8 @@ EVERY_OPTION = [
     "--no-interrupt",
     "--stuck-timeout",
     "20",
+    "--blocked-loop-warning",
+    "2.5",
     "--log-level",
     "warning",
 ]
@@ -61,13 +63,28 @@ def test_every_worker_option_reaches_the_config() -> None:
         "strict_broker_checks": True,
         "interrupt_sync_handlers": False,
         "stuck_handler_timeout": timedelta(seconds=20),
+        "blocked_loop_warning": timedelta(seconds=2.5),
     }
     Config(**worker._config_from(_parse(EVERY_OPTION)))  # and Config accepts them
 
 
-@pytest.mark.parametrize("argv", [EVERY_OPTION, ["app:mux"], ["app:mux", "--stuck-timeout", "1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        EVERY_OPTION,
+        ["app:mux"],
+        ["app:mux", "--stuck-timeout", "1"],
+        ["app:mux", "--blocked-loop-warning", "0"],
+    ],
+)
 def test_the_supervisor_gives_its_workers_the_same_options(argv: list[str]) -> None:
     child = worker._child_argv(_parse([*argv, "--processes", "2"]))
     assert child[1:3] == ["-m", "taskq.cli.worker"]
     assert _settings(child[3:]) == _settings(argv)
     assert _parse(child[3:]).log_level == _parse(argv).log_level
+
+
+def test_a_blocked_loop_warning_of_0_turns_the_watchdog_off() -> None:
+    settings = _settings(["app:mux", "--blocked-loop-warning", "0"])
+    assert settings == {"blocked_loop_warning": None}
+    assert Config(**settings).blocked_loop_warning is None
