@@ -276,10 +276,19 @@ class ConfigFinding:
         unsafe: True when the setting can lose tasks (the server logs a
             warning, or refuses to start with ``strict_broker_checks``);
             False for information, e.g. that the check could not run.
+        warn: log it as a WARNING even though it does not stop a strict
+            start (a deliberate trade-off such as no persistence); None:
+            a warning exactly when ``unsafe``.
     """
 
     message: str
     unsafe: bool = True
+    warn: bool | None = None
+
+    @property
+    def is_warning(self) -> bool:
+        """Whether the server logs this finding at WARNING (else INFO)."""
+        return self.unsafe if self.warn is None else self.warn
 
 
 @runtime_checkable

@@ -378,7 +378,7 @@ class Server:
                 " ".join(["refusing to start (strict_broker_checks):", *unsafe])
             )
         for finding in findings:
-            log.log(logging.WARNING if finding.unsafe else logging.INFO, "%s", finding.message)
+            log.log(logging.WARNING if finding.is_warning else logging.INFO, "%s", finding.message)
 
     async def _serve(self, mux: ServeMux, broker: Broker) -> None:
         config, log = self._config, self._log

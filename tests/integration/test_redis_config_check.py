@@ -152,7 +152,7 @@ async def test_on_a_cluster_every_master_is_checked(
 ) -> None:
     broker = RedisBroker.from_url(redis_cluster.url)
     try:
-        (finding,) = await broker.check_config()
+        (finding,) = [f for f in await broker.check_config() if f.unsafe]
     finally:
         await broker.close()
     assert finding.unsafe
@@ -167,9 +167,30 @@ async def test_a_cluster_of_noeviction_masters_has_no_findings(
 ) -> None:
     broker = RedisBroker.from_url(redis_cluster.url)
     try:
-        assert await broker.check_config() == []
+        findings = await broker.check_config()
     finally:
         await broker.close()
+    assert [f for f in findings if f.unsafe] == []
+    (persistence,) = findings  # one report for every master: they persist alike
+    masters = [f"{m.host}:{m.port}" for m in redis_cluster.masters()]
+    assert all(address in persistence.message for address in masters)
+
+
+@pytest.mark.parametrize("aof", [True, False])
+def test_a_worker_reports_how_the_server_persists(
+    redis_server_factory: RedisServerFactory, caplog: pytest.LogCaptureFixture, aof: bool
+) -> None:
+    server = redis_server_factory(aof=aof)
+    caplog.set_level(logging.INFO, logger="taskq.worker")
+    _start_and_stop(server.url, strict_broker_checks=True)  # never refused for it
+    (record,) = [r for r in caplog.records if "Production settings" in r.getMessage()]
+    if aof:
+        assert record.levelno == logging.INFO
+        assert "persists with AOF (appendfsync always)" in record.getMessage()
+    else:
+        assert record.levelno == logging.WARNING
+        assert "keeps nothing on disk" in record.getMessage()
+        assert "appendonly yes" in record.getMessage()
 
 
 # --------------------------------------------------------------------------- command line

@@ -16,7 +16,13 @@ import redis.exceptions
 from taskq.brokers.base import ConfigCheck
 from taskq.brokers.memory import InMemoryBroker
 from taskq.brokers.redis import RedisBroker
-from taskq.brokers.redis.checks import maxmemory_findings, read_maxmemory_policy
+from taskq.brokers.redis.checks import (
+    Persistence,
+    maxmemory_findings,
+    persistence_findings,
+    read_maxmemory_policy,
+    read_persistence,
+)
 from taskq.errors import BrokerConnectionError
 
 DENIED = redis.exceptions.NoPermissionError("NOPERM User taskq has no permissions")
@@ -119,11 +125,13 @@ async def test_on_fakeredis_which_has_neither_command_the_check_only_says_so() -
     broker = RedisBroker(fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer()))
     try:
         assert isinstance(broker, ConfigCheck)
-        (finding,) = await broker.check_config()
+        finding, persistence = await broker.check_config()
     finally:
         await broker.close()
     assert not finding.unsafe
     assert "could not read the maxmemory-policy" in finding.message
+    assert not persistence.unsafe and not persistence.is_warning
+    assert "persistence settings that could not be read" in persistence.message
 
 
 async def test_a_broker_that_cannot_be_reached_raises_a_broker_error() -> None:
@@ -137,3 +145,77 @@ async def test_a_broker_that_cannot_be_reached_raises_a_broker_error() -> None:
 
 def test_the_memory_broker_has_nothing_to_check() -> None:
     assert not isinstance(InMemoryBroker(), ConfigCheck)
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+class _ConfigNode:
+    """CONFIG GET answers per setting name; INFO persistence answers ``info``."""
+
+    def __init__(self, config: dict[str, str] | BaseException, info: object) -> None:
+        self.config, self.info = config, info
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if args[0] == "CONFIG GET":
+            if isinstance(self.config, BaseException):
+                raise self.config
+            return {args[1]: self.config[args[1]]} if args[1] in self.config else {}
+        if isinstance(self.info, BaseException):
+            raise self.info
+        return self.info
+
+
+@pytest.mark.parametrize(
+    ("config", "info", "expected"),
+    [
+        (
+            {"appendonly": "yes", "appendfsync": "everysec", "save": ""},
+            DENIED,
+            Persistence(True, "everysec", ""),
+        ),
+        (
+            {"appendonly": "no", "appendfsync": "everysec", "save": "3600 1 300 100"},
+            DENIED,
+            Persistence(False, "everysec", "3600 1 300 100"),
+        ),
+        (DENIED, {"aof_enabled": 1}, Persistence(True)),
+        (UNKNOWN, {"aof_enabled": "0"}, Persistence(False)),
+        (DENIED, DENIED, Persistence(None)),
+    ],
+    ids=["aof", "rdb-only", "info-aof", "info-no-aof", "both-denied"],
+)
+async def test_persistence_comes_from_config_get_else_from_info(
+    config: dict[str, str] | BaseException, info: object, expected: Persistence
+) -> None:
+    assert await read_persistence(_ConfigNode(config, info)) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "warns", "words"),
+    [
+        (Persistence(True, "always", ""), False, "no acknowledged write is lost"),
+        (Persistence(True, "everysec", "3600 1"), False, "AOF (appendfsync everysec) and RDB"),
+        (Persistence(False, "everysec", "3600 1"), True, "RDB snapshots only"),
+        (Persistence(False, "everysec", ""), True, "keeps nothing on disk"),
+        (Persistence(False), True, "snapshot schedule unknown"),
+        (Persistence(None), False, "persistence settings that could not be read"),
+    ],
+    ids=["aof-always", "aof-and-rdb", "rdb-only", "nothing", "no-aof-unknown-rdb", "unknown"],
+)
+def test_each_persistence_mode_is_reported_never_unsafe(
+    mode: Persistence, warns: bool, words: str
+) -> None:
+    (finding,) = persistence_findings([("a:1", mode)])
+    assert not finding.unsafe  # a strict start is never refused for it
+    assert finding.is_warning is warns
+    assert words in finding.message and "a:1" in finding.message
+    if warns:
+        assert "appendonly yes" in finding.message
+
+
+def test_servers_with_the_same_persistence_share_one_report() -> None:
+    aof, nothing = Persistence(True, "everysec", ""), Persistence(False, "everysec", "")
+    findings = persistence_findings([("a:1", aof), ("b:2", nothing), ("c:3", aof)])
+    assert [f.message.split(" ", 2)[1] for f in findings] == ["a:1,", "b:2"]
+    assert "a:1, c:3 persists with AOF" in findings[0].message

@@ -47,7 +47,13 @@ from taskq.brokers.base import (
     trim_wanted,
 )
 from taskq.brokers.redis._lean import AnyLane, Lane
-from taskq.brokers.redis.checks import maxmemory_findings, read_maxmemory_policy
+from taskq.brokers.redis.checks import (
+    NodeClient,
+    maxmemory_findings,
+    persistence_findings,
+    read_maxmemory_policy,
+    read_persistence,
+)
 from taskq.brokers.redis.client import (
     Connector,
     connector_from_client,
@@ -1462,29 +1468,35 @@ class RedisBroker:
     # ------------------------------------------------------------------ settings
 
     async def check_config(self) -> list[ConfigFinding]:
-        """Settings of the Redis server(s) that can lose tasks (empty when all is well).
+        """Settings of the Redis server(s) that can lose tasks, and how they persist.
 
         Reads ``maxmemory-policy`` (``CONFIG GET``, else ``INFO memory``) of
         the server, or of every master of a Cluster; any policy other than
         ``noeviction`` is an unsafe finding. When neither command is
-        permitted the finding says so, with ``unsafe=False``. The worker
-        server calls this once at start-up.
+        permitted the finding says so, with ``unsafe=False``. Then one report
+        per persistence mode (``appendonly``, ``appendfsync``, ``save``):
+        never unsafe, a warning when a restart or crash loses more than the
+        last second of tasks. The worker server calls this once at start-up.
 
         Raises:
             BrokerError: Redis cannot be reached.
         """
         try:
             client = self._connector.client()
+            nodes: list[tuple[str, NodeClient]]
             if isinstance(client, redis.asyncio.RedisCluster):
                 await client.initialize()
-                masters = client.get_primaries()
-                policies = await asyncio.gather(*(read_maxmemory_policy(m) for m in masters))
-                found = [(m.name, p) for m, p in zip(masters, policies, strict=True)]
+                nodes = [(m.name, m) for m in client.get_primaries()]
             else:
-                found = [(self._connector.url, await read_maxmemory_policy(client))]
+                nodes = [(self._connector.url, client)]
+            policies = await asyncio.gather(*(read_maxmemory_policy(n) for _, n in nodes))
+            modes = await asyncio.gather(*(read_persistence(n) for _, n in nodes))
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, "maxmemory-policy check") from exc
-        return maxmemory_findings(found)
+        names = [name for name, _ in nodes]
+        return maxmemory_findings(list(zip(names, policies, strict=True))) + (
+            persistence_findings(list(zip(names, modes, strict=True)))
+        )
 
     # ------------------------------------------------------------------ lifecycle
 

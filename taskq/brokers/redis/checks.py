@@ -14,13 +14,21 @@ starts anyway.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import redis.exceptions
 
 from taskq.brokers.base import ConfigFinding
 
-__all__ = ["SAFE_POLICY", "NodeClient", "maxmemory_findings", "read_maxmemory_policy"]
+__all__ = [
+    "SAFE_POLICY",
+    "NodeClient",
+    "Persistence",
+    "maxmemory_findings",
+    "persistence_findings",
+    "read_maxmemory_policy",
+    "read_persistence",
+]
 
 SAFE_POLICY = "noeviction"
 """The only ``maxmemory-policy`` under which Redis never deletes a task on its own."""
@@ -106,3 +114,100 @@ def maxmemory_findings(policies: Sequence[tuple[str, str | None]]) -> list[Confi
             )
         )
     return findings
+
+
+class Persistence(NamedTuple):
+    """How a server keeps its data on disk (``aof`` None: not readable)."""
+
+    aof: bool | None
+    fsync: str = ""  # appendfsync, when readable
+    save: str | None = None  # the RDB snapshot schedule ("" = none), None when not readable
+
+
+async def _config_get(node: NodeClient, name: str) -> str | None:
+    try:
+        return _field(await node.execute_command("CONFIG GET", name), name)
+    except redis.exceptions.ResponseError:
+        return None
+
+
+async def read_persistence(node: NodeClient) -> Persistence:
+    """The server's ``appendonly``, ``appendfsync`` and ``save`` settings.
+
+    From ``CONFIG GET``; where that is refused, whether AOF is on from ``INFO
+    persistence`` (the snapshot schedule is then unknown).
+
+    Raises:
+        redis.exceptions.ConnectionError, TimeoutError: the server cannot be reached.
+    """
+    appendonly = await _config_get(node, "appendonly")
+    if appendonly is not None:
+        return Persistence(
+            appendonly == "yes",
+            await _config_get(node, "appendfsync") or "",
+            await _config_get(node, "save"),
+        )
+    try:
+        enabled = _field(await node.execute_command("INFO", "persistence"), "aof_enabled")
+    except redis.exceptions.ResponseError:
+        enabled = None
+    return Persistence(None if enabled is None else enabled == "1")
+
+
+_FSYNC = {
+    "always": "no acknowledged write is lost on a crash",
+    "everysec": "a crash loses at most about the last second of writes",
+    "no": "a crash loses what the OS had not flushed yet (up to about 30 s)",
+}
+
+
+def _describe(p: Persistence) -> tuple[str, bool]:
+    """A sentence on what a restart or crash loses, and whether it deserves a warning."""
+    if p.aof:
+        snapshots = " and RDB snapshots" if p.save else ""
+        loses = _FSYNC.get(p.fsync, f"appendfsync {p.fsync}" if p.fsync else "")
+        return f"persists with AOF (appendfsync {p.fsync or '?'}){snapshots}: {loses}", False
+    if p.aof is None:
+        return (
+            "has persistence settings that could not be read (CONFIG GET and INFO are "
+            "not permitted); "
+            "tasks survive a restart only with appendonly yes",
+            False,
+        )
+    if p.save:
+        return (
+            f'persists with RDB snapshots only (save "{p.save}"): a crash or restart loses '
+            "the tasks enqueued since the last snapshot; set appendonly yes to keep them",
+            True,
+        )
+    if p.save is None:
+        return (
+            "runs without AOF (appendonly no; snapshot schedule unknown): a crash or "
+            "restart can lose tasks; set appendonly yes to keep them",
+            True,
+        )
+    return (
+        'keeps nothing on disk (appendonly no, save ""): a restart loses every task '
+        "(fine for tests); for tasks you keep, set appendonly yes",
+        True,
+    )
+
+
+def persistence_findings(found: Sequence[tuple[str, Persistence]]) -> list[ConfigFinding]:
+    """One report per distinct persistence mode, naming the servers that have it.
+
+    Never ``unsafe`` (a strict start is not refused: running without
+    persistence can be a deliberate choice), but a WARNING where a restart or
+    crash loses more than the last second of tasks.
+    """
+    modes: dict[tuple[str, bool], list[str]] = {}
+    for address, persistence in found:
+        modes.setdefault(_describe(persistence), []).append(address)
+    return [
+        ConfigFinding(
+            f"Redis {', '.join(addresses)} {text} (see docs/redis.md, Production settings).",
+            unsafe=False,
+            warn=warn,
+        )
+        for (text, warn), addresses in modes.items()
+    ]
