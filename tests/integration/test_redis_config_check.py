@@ -25,7 +25,7 @@ from taskq.brokers.redis import LEAST_PRIVILEGE_ACL, RedisBroker
 from taskq.errors import BrokerConfigError
 from taskq.runtime.config import Config
 from taskq.runtime.server import Server
-from taskq.testing.servers import RedisCluster, RedisServerFactory, RedisUser
+from taskq.testing.servers import RedisCluster, RedisSentinel, RedisServerFactory, RedisUser
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -191,6 +191,37 @@ def test_a_worker_reports_how_the_server_persists(
         assert record.levelno == logging.WARNING
         assert "keeps nothing on disk" in record.getMessage()
         assert "appendonly yes" in record.getMessage()
+
+
+async def test_a_sentinel_master_without_min_replicas_gets_the_recommendation(
+    redis_sentinel: RedisSentinel,
+) -> None:
+    def recommendations(findings: list[Any]) -> list[str]:
+        return [f.message for f in findings if "min-replicas-to-write" in f.message]
+
+    broker = RedisBroker.from_url(redis_sentinel.url)
+    master = redis_sentinel.master
+    before = master.call("CONFIG", "GET", "min-replicas-to-write")[1]
+    try:
+        master.call("CONFIG", "SET", "min-replicas-to-write", "0")
+        (advice,) = recommendations(await broker.check_config())
+        assert "min-replicas-max-lag 10" in advice
+        master.call("CONFIG", "SET", "min-replicas-to-write", "1")
+        assert recommendations(await broker.check_config()) == []
+    finally:
+        master.call("CONFIG", "SET", "min-replicas-to-write", before)
+        await broker.close()
+
+
+async def test_a_standalone_server_gets_no_sentinel_advice(
+    redis_server_factory: RedisServerFactory,
+) -> None:
+    broker = RedisBroker.from_url(redis_server_factory().url)
+    try:
+        findings = await broker.check_config()
+    finally:
+        await broker.close()
+    assert not [f for f in findings if "min-replicas" in f.message]
 
 
 # --------------------------------------------------------------------------- command line

@@ -19,8 +19,10 @@ from taskq.brokers.redis import RedisBroker
 from taskq.brokers.redis.checks import (
     Persistence,
     maxmemory_findings,
+    min_replicas_findings,
     persistence_findings,
     read_maxmemory_policy,
+    read_min_replicas,
     read_persistence,
 )
 from taskq.errors import BrokerConnectionError
@@ -219,3 +221,24 @@ def test_servers_with_the_same_persistence_share_one_report() -> None:
     findings = persistence_findings([("a:1", aof), ("b:2", nothing), ("c:3", aof)])
     assert [f.message.split(" ", 2)[1] for f in findings] == ["a:1,", "b:2"]
     assert "a:1, c:3 persists with AOF" in findings[0].message
+
+
+# --------------------------------------------------------------------------- sentinel
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [({"min-replicas-to-write": "0"}, 0), ({"min-replicas-to-write": "2"}, 2), (DENIED, None)],
+)
+async def test_min_replicas_to_write_is_read_with_config_get(
+    config: dict[str, str] | BaseException, expected: int | None
+) -> None:
+    assert await read_min_replicas(_ConfigNode(config, DENIED)) == expected
+
+
+def test_a_sentinel_master_that_writes_alone_gets_a_recommendation_only_then() -> None:
+    (finding,) = min_replicas_findings("redis+sentinel://s:26379/mymaster/0", 0)
+    assert not finding.unsafe and not finding.is_warning
+    assert "min-replicas-to-write 1" in finding.message and "mymaster" in finding.message
+    assert min_replicas_findings("x", 1) == []
+    assert min_replicas_findings("x", None) == []  # unreadable: nothing to say

@@ -50,8 +50,10 @@ from taskq.brokers.redis._lean import AnyLane, Lane
 from taskq.brokers.redis.checks import (
     NodeClient,
     maxmemory_findings,
+    min_replicas_findings,
     persistence_findings,
     read_maxmemory_policy,
+    read_min_replicas,
     read_persistence,
 )
 from taskq.brokers.redis.client import (
@@ -1476,7 +1478,9 @@ class RedisBroker:
         permitted the finding says so, with ``unsafe=False``. Then one report
         per persistence mode (``appendonly``, ``appendfsync``, ``save``):
         never unsafe, a warning when a restart or crash loses more than the
-        last second of tasks. The worker server calls this once at start-up.
+        last second of tasks; and, for a Sentinel-managed master with
+        ``min-replicas-to-write 0``, the recommendation to raise it (INFO).
+        The worker server calls this once at start-up.
 
         Raises:
             BrokerError: Redis cannot be reached.
@@ -1491,11 +1495,15 @@ class RedisBroker:
                 nodes = [(self._connector.url, client)]
             policies = await asyncio.gather(*(read_maxmemory_policy(n) for _, n in nodes))
             modes = await asyncio.gather(*(read_persistence(n) for _, n in nodes))
+            sentinel = hasattr(getattr(client, "connection_pool", None), "sentinel_manager")
+            replicas = await read_min_replicas(client) if sentinel else None
         except _DRIVER_ERRORS as exc:
             raise self._error(exc, "maxmemory-policy check") from exc
         names = [name for name, _ in nodes]
-        return maxmemory_findings(list(zip(names, policies, strict=True))) + (
-            persistence_findings(list(zip(names, modes, strict=True)))
+        return (
+            maxmemory_findings(list(zip(names, policies, strict=True)))
+            + persistence_findings(list(zip(names, modes, strict=True)))
+            + min_replicas_findings(self._connector.url, replicas)
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -25,8 +25,10 @@ __all__ = [
     "NodeClient",
     "Persistence",
     "maxmemory_findings",
+    "min_replicas_findings",
     "persistence_findings",
     "read_maxmemory_policy",
+    "read_min_replicas",
     "read_persistence",
 ]
 
@@ -210,4 +212,25 @@ def persistence_findings(found: Sequence[tuple[str, Persistence]]) -> list[Confi
             warn=warn,
         )
         for (text, warn), addresses in modes.items()
+    ]
+
+
+async def read_min_replicas(node: NodeClient) -> int | None:
+    """The server's ``min-replicas-to-write`` (None when ``CONFIG GET`` is refused)."""
+    value = await _config_get(node, "min-replicas-to-write")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def min_replicas_findings(address: str, min_replicas: int | None) -> list[ConfigFinding]:
+    """R10's recommendation for a Sentinel-managed master that accepts writes alone."""
+    if min_replicas != 0:
+        return []
+    return [
+        ConfigFinding(
+            f"Redis {address} (Sentinel-managed) runs with min-replicas-to-write 0: while "
+            "it is cut off from its replicas it still acknowledges enqueues, which a "
+            "failover then loses. Set min-replicas-to-write 1 and min-replicas-max-lag 10 "
+            "(see docs/redis.md, Production settings).",
+            unsafe=False,
+        )
     ]
