@@ -247,31 +247,33 @@ def _run_worker(args: argparse.Namespace, url: str) -> int:
     return EXIT_RESTART if server.restart_requested else EXIT_OK
 
 
+# What a supervised worker is given as the supervisor was: (option, attribute).
+_VALUE_OPTIONS = (
+    ("--concurrency", "concurrency"),
+    ("--shutdown-timeout", "shutdown_timeout"),
+    ("--lease", "lease"),
+    ("--retry-delay", "retry_delay"),
+    ("--stuck-timeout", "stuck_timeout"),
+    ("--blocked-loop-warning", "blocked_loop_warning"),
+)
+_FLAG_OPTIONS = (
+    ("--strict", "strict"),
+    ("--strict-broker-checks", "strict_broker_checks"),
+    ("--burst", "burst"),
+    ("--no-interrupt", "no_interrupt"),
+)
+
+
 def _child_argv(args: argparse.Namespace) -> list[str]:
     """The command line of one supervised worker (the broker URL goes by environment)."""
     argv = [sys.executable, "-m", "taskq.cli.worker", args.app, "--log-level", args.log_level]
-    if args.concurrency is not None:
-        argv += ["--concurrency", str(args.concurrency)]
+    for option, name in _VALUE_OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            argv += [option, str(value)]
     for name, weight in args.queue or ():
         argv += ["--queue", f"{name}={weight}"]
-    if args.strict:
-        argv.append("--strict")
-    if args.shutdown_timeout is not None:
-        argv += ["--shutdown-timeout", str(args.shutdown_timeout)]
-    if args.lease is not None:
-        argv += ["--lease", str(args.lease)]
-    if args.retry_delay is not None:
-        argv += ["--retry-delay", str(args.retry_delay)]
-    if args.strict_broker_checks:
-        argv.append("--strict-broker-checks")
-    if args.burst:
-        argv.append("--burst")
-    if args.no_interrupt:
-        argv.append("--no-interrupt")
-    if args.stuck_timeout is not None:
-        argv += ["--stuck-timeout", str(args.stuck_timeout)]
-    if args.blocked_loop_warning is not None:
-        argv += ["--blocked-loop-warning", str(args.blocked_loop_warning)]
+    argv += [option for option, name in _FLAG_OPTIONS if getattr(args, name)]
     return argv
 
 
