@@ -62,6 +62,22 @@ def _field(reply: object, name: str) -> str | None:
     return None
 
 
+async def _config_get(node: NodeClient, name: str) -> str | None:
+    """``CONFIG GET name``'s value; None when refused (NOPERM, unknown or disabled) or unset."""
+    try:
+        return _field(await node.execute_command("CONFIG GET", name), name)
+    except redis.exceptions.ResponseError:
+        return None
+
+
+async def _info_get(node: NodeClient, section: str, name: str) -> str | None:
+    """Field ``name`` of ``INFO section``; None when refused or absent."""
+    try:
+        return _field(await node.execute_command("INFO", section), name)
+    except redis.exceptions.ResponseError:
+        return None
+
+
 async def read_maxmemory_policy(node: NodeClient) -> str | None:
     """The server's ``maxmemory-policy``, or None when it may not be read.
 
@@ -71,18 +87,8 @@ async def read_maxmemory_policy(node: NodeClient) -> str | None:
     Raises:
         redis.exceptions.ConnectionError, TimeoutError: the server cannot be reached.
     """
-    try:
-        policy = _field(
-            await node.execute_command("CONFIG GET", "maxmemory-policy"), "maxmemory-policy"
-        )
-    except redis.exceptions.ResponseError:
-        policy = None
-    if policy:
-        return policy
-    try:
-        return _field(await node.execute_command("INFO", "memory"), "maxmemory_policy") or None
-    except redis.exceptions.ResponseError:
-        return None
+    policy = await _config_get(node, "maxmemory-policy")
+    return policy or await _info_get(node, "memory", "maxmemory_policy") or None
 
 
 def maxmemory_findings(policies: Sequence[tuple[str, str | None]]) -> list[ConfigFinding]:
@@ -126,13 +132,6 @@ class Persistence(NamedTuple):
     save: str | None = None  # the RDB snapshot schedule ("" = none), None when not readable
 
 
-async def _config_get(node: NodeClient, name: str) -> str | None:
-    try:
-        return _field(await node.execute_command("CONFIG GET", name), name)
-    except redis.exceptions.ResponseError:
-        return None
-
-
 async def read_persistence(node: NodeClient) -> Persistence:
     """The server's ``appendonly``, ``appendfsync`` and ``save`` settings.
 
@@ -149,10 +148,7 @@ async def read_persistence(node: NodeClient) -> Persistence:
             await _config_get(node, "appendfsync") or "",
             await _config_get(node, "save"),
         )
-    try:
-        enabled = _field(await node.execute_command("INFO", "persistence"), "aof_enabled")
-    except redis.exceptions.ResponseError:
-        enabled = None
+    enabled = await _info_get(node, "persistence", "aof_enabled")
     return Persistence(None if enabled is None else enabled == "1")
 
 
